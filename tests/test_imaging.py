@@ -1,0 +1,505 @@
+"""Tests for prfdn_jax.imaging: file I/O edge cases and the MATLAB-bicubic oracle."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from PIL import ImageFile
+
+from prfdn_jax import imaging
+from prfdn_jax.imaging import (
+    IMAGE_EXTENSIONS,
+    ImageError,
+    downscale,
+    imresize_matlab,
+    list_images,
+    modcrop,
+    ntire_degrade,
+    read_image,
+    write_image,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("PRFDN_SHARED") or REPO.parent / "shared")
+DATA = SHARED / "data"
+
+
+def _have_set(name: str) -> bool:
+    return (DATA / name / "HR").is_dir() and (DATA / name / "LR_bicubic").is_dir()
+
+
+needs_data = pytest.mark.skipif(
+    not (_have_set("Set5") and _have_set("Set14")),
+    reason=f"shared benchmark data not found at {DATA} (set PRFDN_SHARED to the shared/ folder)",
+)
+
+
+def _rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def _load(path) -> np.ndarray:
+    """Raw pixel array as Pillow gives it (closes the file)."""
+    with PILImage.open(path) as im:
+        return np.asarray(im).copy()
+
+
+def _png_bytes(arr: np.ndarray, mode: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    PILImage.fromarray(arr, mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------------------------------
+# MATLAB oracle
+# --------------------------------------------------------------------------------------------------
+
+
+def _pairs(set_name: str, scale: int):
+    for hr_path in sorted((DATA / set_name / "HR").glob("*.png")):
+        lr_path = DATA / set_name / "LR_bicubic" / f"X{scale}" / f"{hr_path.stem}x{scale}.png"
+        yield hr_path, lr_path
+
+
+@needs_data
+@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.parametrize("set_name", ["Set5", "Set14"])
+def test_matlab_oracle_exact(set_name, scale):
+    """downscale(HR, s, 'matlab') equals the shipped MATLAB LR files, every pixel."""
+    bad = []
+    n = 0
+    for hr_path, lr_path in _pairs(set_name, scale):
+        hr = _load(hr_path)  # raw arrays: bridge is (H, W) mode L
+        lr = _load(lr_path)
+        out = downscale(hr, scale, "matlab")
+        assert out.dtype == np.uint8
+        if out.shape != lr.shape or not np.array_equal(out, lr):
+            diff = (
+                np.abs(out.astype(int) - lr.astype(int)).max() if out.shape == lr.shape else "shape"
+            )
+            bad.append(f"{hr_path.stem}: {diff}")
+        # The read_image path (grayscale replicated to RGB) gives the same answer per channel.
+        rgb_out = downscale(read_image(hr_path).rgb, scale, "matlab")
+        lr3 = lr if lr.ndim == 3 else np.repeat(lr[:, :, None], 3, axis=2)
+        if not np.array_equal(rgb_out, lr3):
+            bad.append(f"{hr_path.stem} via read_image")
+        n += 1
+    assert n > 0
+    assert not bad, f"{set_name} x{scale} mismatches: {bad}"
+
+
+@needs_data
+def test_matlab_oracle_x8_set5_float_pipeline():
+    """Set5 X8 (SwinIR's files) was made in double precision, rounded once at the end.
+
+    With a float input, imresize_matlab keeps float64 between passes; rounding its result
+    reproduces those files exactly. (The uint8 path, rounding after each pass, is off by <= 2.)
+    """
+    for hr_path, lr_path in _pairs("Set5", 8):
+        hr = _load(hr_path)
+        lr = _load(lr_path)
+        f = downscale(hr.astype(np.float64), 8, "matlab")
+        assert f.dtype == np.float64
+        out = np.clip(np.floor(f + 0.5), 0, 255).astype(np.uint8)
+        assert np.array_equal(out, lr), hr_path.stem
+        d = np.abs(downscale(hr, 8, "matlab").astype(int) - lr.astype(int))
+        assert d.max() <= 2
+
+
+@needs_data
+def test_matlab_oracle_x8_set14_close():
+    """Set14 X8 (PAN's files) match no flavour exactly; ours is close (documented bound)."""
+    diffs = []
+    for hr_path, lr_path in _pairs("Set14", 8):
+        hr = read_image(hr_path).rgb
+        lr = read_image(lr_path).rgb  # bridge X8 is stored as RGB
+        diffs.append(np.abs(downscale(hr, 8, "matlab").astype(int) - lr.astype(int)).mean())
+    assert max(diffs) < 0.3
+
+
+# --------------------------------------------------------------------------------------------------
+# Resize behaviour
+# --------------------------------------------------------------------------------------------------
+
+
+def test_resize_2d_equals_per_channel():
+    x = _rng().integers(0, 256, (37, 29, 3), dtype=np.uint8)
+    for s in (1 / 2, 1 / 3, 2.0):
+        full = imresize_matlab(x, s)
+        per = np.stack([imresize_matlab(x[:, :, c], s) for c in range(3)], axis=2)
+        assert np.array_equal(full, per)
+
+
+def test_resize_shapes_and_dtypes():
+    x = _rng().integers(0, 256, (30, 45, 3), dtype=np.uint8)
+    assert imresize_matlab(x, 1 / 3).shape == (10, 15, 3)
+    assert imresize_matlab(x, 1 / 4).shape == (8, 12, 3)  # ceil, as MATLAB
+    up = imresize_matlab(x, 4)
+    assert up.shape == (120, 180, 3) and up.dtype == np.uint8
+    assert imresize_matlab(x, output_shape=(17, 90)).shape == (17, 90, 3)
+    f = imresize_matlab(x.astype(np.float32) / 255, 1 / 2)
+    assert f.dtype == np.float64
+    with pytest.raises(ValueError):
+        imresize_matlab(x)
+    with pytest.raises(ValueError):
+        imresize_matlab(x, 0.5, output_shape=(15, 22))
+
+
+def test_resize_identity_and_constant():
+    x = _rng().integers(0, 256, (20, 21), dtype=np.uint8)
+    assert np.array_equal(imresize_matlab(x, 1), x)
+    c = np.full((24, 24, 3), 77, np.uint8)
+    for s in (1 / 2, 1 / 3, 1 / 4, 2, 3):
+        assert np.all(imresize_matlab(c, s) == 77)
+
+
+def test_resize_float_is_not_rounded_and_uint8_rounds_each_pass():
+    x = _rng(1).integers(0, 256, (48, 48), dtype=np.uint8)
+    f = imresize_matlab(x.astype(np.float64), 1 / 4)
+    assert not np.allclose(f, np.round(f))  # real fractions kept
+    u = imresize_matlab(x, 1 / 4)
+    # rounding only at the end vs after each pass: at most a small difference, but a difference
+    assert np.abs(u.astype(int) - np.round(f)).max() <= 2
+
+
+def test_resize_float_matches_direct_separable_formula():
+    """Upscale x2 of a tiny signal against weights computed independently from MATLAB's formula."""
+    x = np.array([0.0, 10.0, 20.0, 50.0], dtype=np.float64)
+    out = imresize_matlab(x[None, :].repeat(3, 0), output_shape=(3, 8))[0]
+
+    def cubic(t):
+        t = abs(t)
+        if t <= 1:
+            return 1.5 * t**3 - 2.5 * t**2 + 1
+        if t <= 2:
+            return -0.5 * t**3 + 2.5 * t**2 - 4 * t + 2
+        return 0.0
+
+    expect = []
+    for j in range(1, 9):
+        u = j / 2 + 0.5 * (1 - 1 / 2)
+        num = den = 0.0
+        for k in range(int(np.floor(u - 2)), int(np.floor(u - 2)) + 6):
+            w = cubic(u - k)
+            kk = k
+            if k < 1:
+                kk = 1 - k  # symmetric: index 0 -> 1, -1 -> 2
+            elif k > 4:
+                kk = 2 * 4 + 1 - k
+            num += w * x[kk - 1]
+            den += w
+        expect.append(num / den)
+    np.testing.assert_allclose(out, expect, rtol=0, atol=1e-12)
+
+
+def test_modcrop():
+    x = np.zeros((10, 13, 3), np.uint8)
+    assert modcrop(x, 4).shape == (8, 12, 3)
+    assert modcrop(x[:, :, 0], 3).shape == (9, 12)
+    assert modcrop(x, 1).shape == x.shape
+    with pytest.raises(ValueError):
+        modcrop(x, 0)
+
+
+def test_downscale_flavours():
+    x = _rng(2).integers(0, 256, (51, 38, 3), dtype=np.uint8)
+    m = downscale(x, 4, "matlab")
+    p = downscale(x, 4, "pil")
+    assert m.shape == p.shape == (12, 9, 3)
+    cropped = x[:48, :36]
+    expect = np.asarray(PILImage.fromarray(cropped).resize((9, 12), PILImage.BICUBIC))
+    assert np.array_equal(p, expect)
+    assert not np.array_equal(m, p)
+    assert downscale(x[:, :, 0], 2, "pil").shape == (25, 19)
+    with pytest.raises(ValueError, match="flavour"):
+        downscale(x, 2, "bicubic")
+    with pytest.raises(ValueError):
+        downscale(x, 2.5, "matlab")
+
+
+def test_ntire_degrade():
+    x = _rng(3).integers(0, 256, (64, 48, 3), dtype=np.uint8)
+    lr = ntire_degrade(x, 2)
+    assert lr.shape == (32, 24, 3) and lr.dtype == np.uint8
+    assert not np.array_equal(lr, downscale(x, 2, "pil"))  # JPEG changed it
+    assert np.array_equal(lr, ntire_degrade(x, 2))  # deterministic
+
+
+def test_resize_speed_on_training_crops():
+    import time
+
+    x = _rng(4).integers(0, 256, (192, 192, 3), dtype=np.uint8)
+    downscale(x, 4)
+    t = time.perf_counter()
+    for _ in range(10):
+        downscale(x, 4)
+    assert (time.perf_counter() - t) / 10 < 0.05
+
+
+# --------------------------------------------------------------------------------------------------
+# read_image
+# --------------------------------------------------------------------------------------------------
+
+
+def test_read_rgb_png(tmp_path):
+    x = _rng().integers(0, 256, (9, 7, 3), dtype=np.uint8)
+    p = tmp_path / "a.png"
+    p.write_bytes(_png_bytes(x))
+    im = read_image(p)
+    assert im.rgb.dtype == np.uint8 and im.rgb.shape == (9, 7, 3)
+    assert np.array_equal(im.rgb, x) and im.alpha is None and im.notes == []
+
+
+def test_read_missing(tmp_path):
+    with pytest.raises(ImageError, match="no such file") as e:
+        read_image(tmp_path / "nope.png")
+    assert "nope.png" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_read_directory(tmp_path):
+    d = tmp_path / "dir.png"
+    d.mkdir()
+    with pytest.raises(ImageError, match="directory"):
+        read_image(d)
+
+
+def test_read_empty(tmp_path):
+    p = tmp_path / "empty.png"
+    p.write_bytes(b"")
+    with pytest.raises(ImageError, match="empty"):
+        read_image(p)
+
+
+def test_read_text_named_png(tmp_path):
+    p = tmp_path / "notes.png"
+    p.write_text("this is not an image\n")
+    with pytest.raises(ImageError, match="not a recognised image") as e:
+        read_image(p)
+    assert "notes.png" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.6, 0.95])
+def test_read_truncated_png(tmp_path, keep):
+    x = _rng().integers(0, 256, (64, 64, 3), dtype=np.uint8)  # noise: incompressible
+    data = _png_bytes(x)
+    p = tmp_path / "cut.png"
+    p.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(ImageError) as e:
+        read_image(p)
+    msg = str(e.value)
+    assert "cut.png" in msg and "\n" not in msg
+
+
+def test_read_truncated_even_if_pillow_lenient(tmp_path, monkeypatch):
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    x = _rng().integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    data = _png_bytes(x)
+    p = tmp_path / "cut.png"
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError):
+        read_image(p)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored
+
+
+def test_read_truncated_jpeg(tmp_path):
+    x = _rng().integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    PILImage.fromarray(x).save(buf, format="JPEG", quality=95)
+    p = tmp_path / "cut.jpg"
+    p.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    with pytest.raises(ImageError, match="cut.jpg"):
+        read_image(p)
+
+
+def test_read_16bit_scaled_not_wrapped(tmp_path):
+    v = np.array([[0, 257, 32768, 65535], [128, 65280, 1000, 40000]], dtype=np.uint16)
+    p = tmp_path / "deep.png"
+    PILImage.fromarray(v).save(p)  # uint16 -> mode I;16
+    with PILImage.open(p) as pil:
+        assert pil.mode.startswith("I")
+    im = read_image(p)
+    expect = np.round(v.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    assert np.array_equal(im.rgb[:, :, 0], expect)
+    assert im.rgb[0, 3, 0] == 255 and im.rgb[1, 1, 0] == 254  # wrap/clip would give other values
+    assert np.array_equal(im.rgb[:, :, 0], im.rgb[:, :, 2])
+    assert "16-bit input: converted to 8-bit" in im.notes
+
+
+def test_read_48bit_png_is_flagged(tmp_path):
+    """Pillow itself reduces 16-bit-per-channel colour PNGs to 8 bits (high byte); we say so."""
+    import struct
+    import zlib
+
+    h, w = 3, 4
+    v = _rng().integers(0, 65536, (h, w, 3)).astype(">u2")
+    raw = b"".join(b"\x00" + v[i].tobytes() for i in range(h))
+
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+    png += chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    p = tmp_path / "rgb48.png"
+    p.write_bytes(png)
+    im = read_image(p)
+    assert im.rgb.shape == (h, w, 3) and im.alpha is None
+    assert any(n.startswith("16-bit input: converted to 8-bit") for n in im.notes)
+    exact = np.floor(v.astype(np.int64) * 255 / 65535 + 0.5)
+    assert np.abs(im.rgb.astype(np.int64) - exact).max() <= 1
+
+
+def test_sixteen_to_eight_is_round_half_up():
+    v = np.arange(65536)
+    got = imaging._sixteen_to_eight(v)
+    assert np.array_equal(got, np.floor(v * 255 / 65535 + 0.5).astype(np.uint8))
+
+
+def test_read_grayscale(tmp_path):
+    g = _rng().integers(0, 256, (5, 6), dtype=np.uint8)
+    p = tmp_path / "g.png"
+    PILImage.fromarray(g, "L").save(p)
+    im = read_image(p)
+    assert im.rgb.shape == (5, 6, 3)
+    assert all(np.array_equal(im.rgb[:, :, c], g) for c in range(3))
+    assert "grayscale input: replicated to RGB" in im.notes
+
+
+def test_read_grayscale_alpha_and_bilevel(tmp_path):
+    la = _rng().integers(0, 256, (5, 6, 2), dtype=np.uint8)
+    p = tmp_path / "la.png"
+    PILImage.fromarray(la, "LA").save(p)
+    im = read_image(p)
+    assert np.array_equal(im.rgb[:, :, 1], la[:, :, 0]) and np.array_equal(im.alpha, la[:, :, 1])
+    b = tmp_path / "b.png"
+    PILImage.fromarray(np.array([[0, 255], [255, 0]], np.uint8)).convert("1").save(b)
+    im = read_image(b)
+    assert im.rgb[:, :, 0].tolist() == [[0, 255], [255, 0]]
+
+
+def test_read_rgba(tmp_path):
+    x = _rng().integers(0, 256, (8, 9, 4), dtype=np.uint8)
+    p = tmp_path / "a.png"
+    PILImage.fromarray(x, "RGBA").save(p)
+    im = read_image(p)
+    assert np.array_equal(im.rgb, x[:, :, :3]) and np.array_equal(im.alpha, x[:, :, 3])
+    assert any("alpha" in n for n in im.notes)
+
+
+def test_read_palette(tmp_path):
+    x = _rng().integers(0, 256, (8, 9, 3), dtype=np.uint8)
+    pal = PILImage.fromarray(x).convert("P", palette=PILImage.Palette.ADAPTIVE, colors=16)
+    p = tmp_path / "p.png"
+    pal.save(p)
+    im = read_image(p)
+    assert np.array_equal(im.rgb, np.asarray(pal.convert("RGB")))
+    assert im.alpha is None and any("palette" in n for n in im.notes)
+    pal.info["transparency"] = 0
+    q = tmp_path / "pt.png"
+    pal.save(q, transparency=0)
+    im = read_image(q)
+    assert im.alpha is not None and im.alpha.shape == (8, 9)
+
+
+def test_read_applies_exif_orientation(tmp_path):
+    x = np.zeros((4, 6, 3), np.uint8)
+    pil = PILImage.fromarray(x)
+    exif = pil.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    p = tmp_path / "o.jpg"
+    pil.save(p, exif=exif.tobytes())
+    im = read_image(p)
+    assert im.rgb.shape == (6, 4, 3)
+    assert any("EXIF orientation" in n for n in im.notes)
+
+
+def test_read_jpeg_and_bmp(tmp_path):
+    x = _rng().integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    for ext in (".bmp", ".jpg"):
+        p = tmp_path / f"x{ext}"
+        PILImage.fromarray(x).save(p)
+        im = read_image(p)
+        assert im.rgb.shape == (16, 16, 3)
+        if ext == ".bmp":
+            assert np.array_equal(im.rgb, x)
+
+
+# --------------------------------------------------------------------------------------------------
+# write_image and list_images
+# --------------------------------------------------------------------------------------------------
+
+
+def test_write_roundtrip_png_bmp_and_parents(tmp_path):
+    x = _rng().integers(0, 256, (10, 12, 3), dtype=np.uint8)
+    for name in ("deep/er/a.png", "b.BMP"):
+        p = tmp_path / name
+        write_image(p, x)
+        assert np.array_equal(read_image(p).rgb, x)
+    assert sorted(os.listdir(tmp_path)) == ["b.BMP", "deep"]  # no temp files left
+
+
+def test_write_jpeg_quality_and_alpha_dropped(tmp_path):
+    x = _rng().integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    a = np.full((16, 16), 128, np.uint8)
+    p = tmp_path / "x.jpeg"
+    write_image(p, x, alpha=a)
+    with PILImage.open(p) as im:
+        assert im.format == "JPEG" and im.mode == "RGB"
+    q = tmp_path / "x.png"
+    write_image(q, x, alpha=a)
+    im = read_image(q)
+    assert np.array_equal(im.rgb, x) and np.array_equal(im.alpha, a)
+
+
+def test_write_grayscale(tmp_path):
+    g = _rng().integers(0, 256, (6, 5), dtype=np.uint8)
+    p = tmp_path / "g.png"
+    write_image(p, g)
+    with PILImage.open(p) as im:
+        assert im.mode == "L"
+    assert np.array_equal(read_image(p).rgb[:, :, 0], g)
+
+
+def test_write_unknown_extension_and_bad_arrays(tmp_path):
+    x = np.zeros((4, 4, 3), np.uint8)
+    with pytest.raises(ImageError, match="extension"):
+        write_image(tmp_path / "x.gif", x)
+    with pytest.raises(ImageError, match="uint8"):
+        write_image(tmp_path / "x.png", x.astype(np.float32))
+    with pytest.raises(ImageError, match="shape"):
+        write_image(tmp_path / "x.png", np.zeros((4, 4, 2), np.uint8))
+    assert os.listdir(tmp_path) == []
+
+
+def test_write_is_atomic_on_failure(tmp_path, monkeypatch):
+    p = tmp_path / "out.png"
+    old = np.full((4, 4, 3), 9, np.uint8)
+    write_image(p, old)
+
+    def boom(self, fp, *args, **kwargs):
+        fp.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(PILImage.Image, "save", boom)
+    with pytest.raises(ImageError, match="disk full"):
+        write_image(p, np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(ImageError):
+        write_image(tmp_path / "new.png", np.zeros((4, 4, 3), np.uint8))
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["out.png"]  # no temp file, no new.png
+    assert np.array_equal(read_image(p).rgb, old)  # old file intact
+
+
+def test_list_images(tmp_path):
+    for n in ("b.png", "a.JPG", "c.jpeg", "d.bmp", "e.txt", ".hidden.png", "f.png.tmp"):
+        (tmp_path / n).write_bytes(b"x")
+    (tmp_path / "sub.png").mkdir()
+    got = [q.name for q in list_images(tmp_path)]
+    assert got == ["a.JPG", "b.png", "c.jpeg", "d.bmp"]
+    assert ".png" in IMAGE_EXTENSIONS
+    with pytest.raises(ImageError, match="no such folder"):
+        list_images(tmp_path / "missing")
