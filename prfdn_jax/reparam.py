@@ -1,0 +1,142 @@
+"""Pure transformations between network forms: RFDN -> branch -> wide -> merged.
+
+Each returns a new network and leaves its argument untouched; each is tested for numeric equivalence
+(``tests/test_reparam.py``).
+
+* :func:`branch_from_rfdn`: the PRFDN recipe's starting point, a branch network whose blocks are the
+  trained RFDN's blocks.
+* :func:`reparam`: branch -> wide. The branch stacks *are* the wide block's parameters (a stack of N
+  kernels is exactly one grouped conv), so this is exact by construction: off-diagonal blocks are
+  zero, unlike the original release, which left them random and relied on finetuning.
+* :func:`wide_to_merged`: wide -> the team's dense layout, with block-diagonal dense convs and the
+  concat/split convs as exact permutation/selection matrices (what Torch-Pruning needs to see).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flax import nnx
+
+from prfdn_jax.checkpoint import flat_params, model_from_flat
+from prfdn_jax.networks import LAYOUTS, Arch, BranchNet, WideNet, default_arch
+
+
+def _block_diag(k: np.ndarray) -> np.ndarray:
+    """``(N, kh, kw, ci, co)`` -> block-diagonal ``(kh, kw, N*ci, N*co)``."""
+    n, kh, kw, ci, co = k.shape
+    out = np.zeros((kh, kw, n * ci, n * co), k.dtype)
+    for i in range(n):
+        out[:, :, i * ci:(i + 1) * ci, i * co:(i + 1) * co] = k[i]
+    return out
+
+
+def _select(cin: int, rows) -> np.ndarray:
+    """1x1 kernel that outputs input channels ``rows`` in order: ``(1, 1, cin, len(rows))``."""
+    k = np.zeros((1, 1, cin, len(rows)), np.float32)
+    k[0, 0, list(rows), np.arange(len(rows))] = 1.0
+    return k
+
+
+def _groupcat_perm(widths: list[int], n: int) -> list[int]:
+    """Source index (in a plain concat of tensors of ``n*w_i`` channels) of each branch-major channel."""
+    offsets = np.cumsum([0] + [n * w for w in widths])
+    order = []
+    for b in range(n):
+        for t, w in enumerate(widths):
+            order.extend(range(offsets[t] + b * w, offsets[t] + (b + 1) * w))
+    return order
+
+
+def branch_from_rfdn(rfdn: BranchNet, layout: str) -> BranchNet:
+    """A branch network (layout ``b4s``, ``b2s`` or ``b2``) initialised from a trained RFDN of 4 blocks.
+
+    Copied as the PRFDN recipe does: RFDN block ``B{i}`` goes to the branch block with the same name
+    (branch b, stage d is ``B{b*D+d+1}``), and ``c``, ``LR_conv``, ``upsampler`` are RFDN's (the
+    fusion concat order ``[B1..B4]`` is unchanged). What RFDN lacks:
+
+    * every branch's first conv is a copy of RFDN's ``fea_conv``;
+    * the SRFDB of branch b, which stands in for the RFDN blocks ``B1..B{b*D}`` that precede the
+      branch's first block in RFDN, is initialised from ``B{b*D}``: its ``c1_d``, ``c1_r``, ``c4``
+      and ESA are copied, and its ``c5`` takes ``B{b*D}.c5``'s input columns for ``d1`` and ``r4``.
+    """
+    ra = rfdn.arch
+    if ra.layout != "rfdn" or ra.form == "merged":
+        raise ValueError("branch_from_rfdn needs an RFDN")
+    n, s = LAYOUTS[layout]
+    if layout == "rfdn" or ra.depth != 4:
+        raise ValueError(f"branch_from_rfdn maps a 4-block RFDN onto b4s/b2s/b2, not {layout!r}/{ra.depth} blocks")
+    arch = default_arch(layout, nf=ra.nf, scale=ra.scale)
+    src = flat_params(rfdn)  # stages.{i}.*: (1, ...) stacked
+    d_ = arch.depth
+    dst: dict[str, np.ndarray] = {}
+    for key in ("kernel", "bias"):
+        dst[f"fea.{key}"] = np.concatenate([src[f"fea.{key}"]] * n, axis=0)
+        for k in ("c", "LR_conv", "upsampler"):
+            dst[f"{k}.{key}"] = src[f"{k}.{key}"]
+    block_keys = {k.split(".", 2)[2] for k in src if k.startswith("stages.0.")}
+    for d in range(d_):
+        for bk in block_keys:
+            dst[f"stages.{d}.{bk}"] = np.concatenate([src[f"stages.{b * d_ + d}.{bk}"] for b in range(n)], 0)
+    if s:
+        dc = ra.nf // 2
+        for bk in (k for k in arch.w if k.startswith("srfdb.")):
+            sub = bk[len("srfdb."):]
+            for key in ("kernel", "bias"):
+                parts = []
+                for b in range(n - s, n):
+                    w = src[f"stages.{b * d_ - 1}.{sub}.{key}"][0]
+                    if sub == "c5" and key == "kernel":  # keep the d1 and r4 input columns
+                        w = np.concatenate([w[:, :, :dc], w[:, :, 3 * dc:]], axis=2)
+                    parts.append(w)
+                dst[f"{bk}.{key}"] = np.stack(parts)
+    return model_from_flat(arch, dst)
+
+
+def reparam(branch: BranchNet) -> WideNet:
+    """Branch -> wide: the same parameters, applied as one wide block of grouped convs (exact)."""
+    if branch.arch.form == "merged":
+        raise ValueError("reparam needs a branch network")
+    return model_from_flat(branch.arch.replace(form="wide"), flat_params(branch))
+
+
+def wide_to_merged(wide: BranchNet) -> nnx.Module:
+    """Wide (or branch) -> the dense merged layout with exact selector / permutation 1x1 convs."""
+    a = wide.arch
+    if a.form == "merged":
+        raise ValueError("already merged")
+    n, s, d_, nf = a.branches, a.n_srfdb, a.depth, a.nf
+    src = flat_params(wide)
+    dst: dict[str, np.ndarray] = {}
+    widths: dict[str, tuple[int, int]] = {}
+
+    def put(name, kernel, bias):
+        dst[name + ".kernel"], dst[name + ".bias"] = kernel.astype(np.float32), bias.astype(np.float32)
+        widths[name] = (kernel.shape[2], kernel.shape[3])
+
+    put("fea", _block_diag(src["fea.kernel"]), src["fea.bias"].reshape(-1))
+    if s:
+        put("split_left", _select(n * nf, range((n - s) * nf)), np.zeros((n - s) * nf))
+        put("split_right", _select(n * nf, range((n - s) * nf, n * nf)), np.zeros(s * nf))
+    blocks = [("srfdb", s)] if s else []
+    blocks += [(f"stages.{d}", n) for d in range(d_)]
+    for part, nb in blocks:
+        names = [k[len(part) + 1:-len(".kernel")] for k in src if k.startswith(part + ".") and k.endswith(".kernel")]
+        for sub in names:
+            put(f"{part}.{sub}", _block_diag(src[f"{part}.{sub}.kernel"]), src[f"{part}.{sub}.bias"].reshape(-1))
+        if nb > 1:  # tensor-major concat [d1.., d2.., r4..] -> per-branch [d1_i, d2_i, .., r4_i]
+            parts = sorted(k for k in names if k.endswith("_d")) + ["c4"]
+            ws = [src[f"{part}.{p}.kernel"].shape[-1] for p in parts]
+            cin = nb * sum(ws)
+            put(f"{part}.cat_p", _select(cin, _groupcat_perm(ws, nb)), np.zeros(cin))
+    if d_ > 1 and n > 1:  # plain concat of stage outputs -> branch-major [b0s0, b0s1, b1s0, ...]
+        ws = [src[f"stages.{d}.c5.kernel"].shape[-1] for d in range(d_)]
+        cin = n * sum(ws)
+        put("cat_p", _select(cin, _groupcat_perm(ws, n)), np.zeros(cin))
+    for k in ("c", "LR_conv"):
+        put(k, src[f"{k}.kernel"], src[f"{k}.bias"])
+    put("split", _select(n * nf, range(nf)), np.zeros(nf))
+    put("upsampler", src["upsampler.kernel"], src["upsampler.bias"])
+    order = ["fea", "split_left", "split_right"]
+    ordered = {k: widths[k] for k in order if k in widths}
+    ordered.update({k: v for k, v in widths.items() if k not in ordered})
+    return model_from_flat(Arch.make("merged", a.layout, a.scale, ordered), dst)
