@@ -63,10 +63,15 @@ def atomic_path(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    return Path(tmp)
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Give ``tmp`` ordinary permissions (mkstemp makes 0600) and rename it onto ``path``."""
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a model file is an ordinary file
-    return Path(tmp)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
 
 
 def save_model(path: str | os.PathLike, model: nnx.Module, **meta: str) -> Path:
@@ -78,7 +83,7 @@ def save_model(path: str | os.PathLike, model: nnx.Module, **meta: str) -> Path:
     try:
         metadata = {"format": FORMAT, "arch": model.arch.to_json(), **{k: str(v) for k, v in meta.items()}}
         save_file({k: np.ascontiguousarray(v) for k, v in flat_params(model).items()}, str(tmp), metadata)
-        os.replace(tmp, path)
+        _publish(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
