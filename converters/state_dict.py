@@ -26,7 +26,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from prfdn_jax.blocks import geometry
-from prfdn_jax.networks import LAYOUTS, Arch
+from prfdn_jax.networks import LAYOUTS, Arch, width_errors
 
 _TOP = {"c": "c.0", "upsampler": "upsampler.0"}
 _DEPTH = {"b4s": 1, "b2s": 2, "b2": 2}
@@ -109,14 +109,33 @@ def arch_from_state_dict(sd: Mapping[str, object], form: str | None = None) -> A
             raise StateDictError(f"a branch checkpoint cannot be read as form {form!r}")
     # Names come from the checkpoint: gather the convs of each part under its first torch prefix.
     probe = Arch.make(form, layout, scale, _skeleton(sd, layout, depth, form == "merged"))
-    widths = {}
-    for name, prefixes in conv_table(probe):
+    widths, table = {}, conv_table(probe)
+    for name, prefixes in table:
         key = prefixes[0] + ".weight"
         if key not in sd:
             raise StateDictError(f"missing key {key!r}")
+        if len(_shape(sd[key])) != 4:
+            raise StateDictError(f"shape mismatch for {key!r}: checkpoint {_shape(sd[key])}, expected a 4-D conv weight")
         o, i, kh, kw = _shape(sd[key])
         widths[name] = (i, o)
-    return Arch.make(form, layout, scale, widths)
+    arch = Arch.make(form, layout, scale, widths)
+    errs = width_errors(arch)
+    if errs:
+        name, side, exp, act = errs[0]
+        key = dict(table)[name][0] + ".weight"
+        got = _shape(sd[key])
+        want = (exp, *got[1:]) if side == "out" else (got[0], exp, *got[2:])
+        raise StateDictError(f"shape mismatch for {key!r}: checkpoint {got}, expected {want} "
+                             "from the layers it connects to")
+    return arch
+
+
+def _known(name: str) -> bool:
+    try:
+        geometry(name)
+        return True
+    except KeyError:
+        return False
 
 
 def _skeleton(sd, layout: str, depth: int, merged: bool) -> dict[str, tuple[int, int]]:
@@ -132,7 +151,7 @@ def _skeleton(sd, layout: str, depth: int, merged: bool) -> dict[str, tuple[int,
         blocks[f"stages.{d}"] = "B" + _digits(idx) if merged else f"B{idx[0]}"
     for part, prefix in blocks.items():
         subs = sorted(k[len(prefix) + 1:-len(".weight")] for k in sd
-                      if k.startswith(prefix + ".") and k.endswith(".weight"))
+                      if k.startswith(prefix + ".") and k.endswith(".weight") and _known(k[len(prefix) + 1:-7]))
         if not subs:
             raise StateDictError(f"missing block {prefix!r} (no '{prefix}.*' keys)")
         names.update({f"{part}.{sub}": (0, 0) for sub in subs})

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 WIDE_IMPLS = ("grouped", "loop", "dense")
@@ -124,8 +125,17 @@ def conv2d(x, kernel, bias, stride: int = 1, padding: int = 0, groups: int = 1):
 
 
 def _torch_uniform(key, shape, fan_in):
+    """PyTorch's default conv init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), deterministic in ``key``.
+
+    Drawn with NumPy from the key's bits: jax.random would compile one XLA kernel per distinct
+    shape (seconds each on CPU), which made building a network take minutes. Under tracing
+    (``nnx.eval_shape``) it falls back to jax.random, which then costs nothing.
+    """
     bound = 1.0 / math.sqrt(fan_in)
-    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+    if isinstance(key, jax.core.Tracer):
+        return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+    seed = np.asarray(jax.random.key_data(key)).astype(np.uint32).ravel().tolist()
+    return jnp.asarray(np.random.default_rng(seed).uniform(-bound, bound, shape).astype(np.float32))
 
 
 # ----------------------------------------------------------------------------- modules
@@ -265,14 +275,14 @@ def rfdb_widths(n: int, steps: int = 3, *, cat_p: bool = False, dc: int | None =
 
 
 def stacked(n: int, factory, rngs: nnx.Rngs):
-    """``n`` independently initialised copies of ``factory(rngs)`` as one module with a leading axis."""
+    """``n`` independently initialised copies of ``factory(rngs)`` as one module.
 
-    @nnx.split_rngs(splits=n)
-    @nnx.vmap(in_axes=(0,), out_axes=0)
-    def make(r):
-        return factory(r)
-
-    return make(rngs)
+    Every parameter gets a leading branch axis ``(n, ...)``: the same pytree ``nnx.vmap`` creation
+    gives, built eagerly copy by copy (cheap) and stacked.
+    """
+    graphdef, first = nnx.split(factory(rngs))
+    states = [first] + [nnx.split(factory(rngs))[1] for _ in range(n - 1)]
+    return nnx.merge(graphdef, jax.tree.map(lambda *a: jnp.stack(a), *states))
 
 
 def apply_stacked(module: nnx.Module, xs, *args):

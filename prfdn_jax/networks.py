@@ -64,7 +64,7 @@ class Arch:
 
     @classmethod
     def make(cls, form: str, layout: str, scale: int, widths: Mapping[str, tuple[int, int]]) -> "Arch":
-        return cls(form, layout, int(scale), tuple((k, (int(a), int(b))) for k, (a, b) in widths.items()))
+        return cls(form, layout, int(scale), tuple(sorted((k, (int(a), int(b))) for k, (a, b) in widths.items())))
 
     @property
     def w(self) -> dict[str, tuple[int, int]]:
@@ -116,6 +116,99 @@ def default_arch(layout: str, *, nf: int = 50, scale: int = 4, n_blocks: int | N
         w.update({f"stages.{d}.{k}": v for k, v in rfdb_widths(nf, 3).items()})
     w.update({"c": (n * depth * nf, nf), "LR_conv": (nf, nf), "upsampler": (nf, 3 * scale * scale)})
     return Arch.make(form, layout, scale, w)
+
+
+def _block_errors(w: Mapping[str, tuple[int, int]], p: str, n_in: int, errs: list) -> int:
+    """Check one RFDB/SRFDB's couplings (convs under prefix ``p``); returns its output width."""
+
+    def need(name, side, expected):
+        actual = w[p + name][0 if side == "in" else 1]
+        if actual != expected:
+            errs.append((p + name, side, expected, actual))
+
+    steps = sum(1 for k in w if re.fullmatch(re.escape(p) + r"c\d+_r", k))
+    for i in range(1, steps + 1):
+        need(f"c{i}_d", "in", n_in)
+        need(f"c{i}_r", "in", n_in)
+        need(f"c{i}_r", "out", n_in)
+    need("c4", "in", n_in)
+    cat_w = sum(w[f"{p}c{i}_d"][1] for i in range(1, steps + 1)) + w[p + "c4"][1]
+    if p + "cat_p" in w:
+        need("cat_p", "in", cat_w)
+        cat_w = w[p + "cat_p"][1]
+    need("c5", "in", cat_w)
+    n_out = w[p + "c5"][1]
+    e = lambda k: w[p + "esa." + k]  # noqa: E731
+    need("esa.conv1", "in", n_out)
+    need("esa.conv_f", "in", e("conv1")[1])
+    need("esa.conv2", "in", e("conv1")[1])
+    need("esa.conv_max", "in", e("conv2")[1])
+    need("esa.conv3", "in", e("conv_max")[1])
+    need("esa.conv3_", "in", e("conv3")[1])
+    need("esa.conv_f", "out", e("conv3_")[1])
+    need("esa.conv4", "in", e("conv3_")[1])
+    need("esa.conv4", "out", n_out)
+    return n_out
+
+
+def width_errors(arch: Arch) -> list[tuple[str, str, int, int]]:
+    """Channel couplings that ``arch``'s widths break: ``[(conv, 'in'|'out', expected, actual)]``."""
+    w, errs = arch.w, []
+
+    def need(name, side, expected):
+        actual = w[name][0 if side == "in" else 1]
+        if actual != expected:
+            errs.append((name, side, expected, actual))
+
+    try:
+        n = arch.branches
+        if arch.form == "merged":
+            need("fea", "in", 3 * n)
+            f_w = w["fea"][1]
+            if "srfdb.c5" in w:
+                need("split_left", "in", f_w)
+                need("split_right", "in", f_w)
+                f_w = w["split_left"][1] + _block_errors(w, "srfdb.", w["split_right"][1], errs)
+            b, outs = f_w, []
+            for d in range(arch.depth):
+                b = _block_errors(w, f"stages.{d}.", b, errs)
+                outs.append(b)
+            cat_w = sum(outs)
+            if "cat_p" in w:
+                need("cat_p", "in", cat_w)
+                cat_w = w["cat_p"][1]
+            need("c", "in", cat_w)
+            need("split", "in", f_w)
+            need("split", "out", w["LR_conv"][1])
+        else:
+            need("fea", "in", 3)
+            nf = w["fea"][1]
+            if arch.n_srfdb:
+                need_out = _block_errors(w, "srfdb.", nf, errs)
+                if need_out != nf:
+                    errs.append(("srfdb.c5", "out", nf, need_out))
+            b, outs = nf, []
+            for d in range(arch.depth):
+                b = _block_errors(w, f"stages.{d}.", b, errs)
+                outs.append(b)
+            need("c", "in", n * sum(outs))
+            need("LR_conv", "out", nf)
+        need("LR_conv", "in", w["c"][1])
+        need("upsampler", "in", w["LR_conv"][1])
+        need("upsampler", "out", 3 * arch.scale * arch.scale)
+    except KeyError as k:
+        errs.append((str(k).strip("'"), "missing", 0, 0))
+    return errs
+
+
+def check_widths(arch: Arch) -> None:
+    """Raise ValueError on the first broken channel coupling, naming the conv."""
+    errs = width_errors(arch)
+    if errs:
+        name, side, exp, act_ = errs[0]
+        if side == "missing":
+            raise ValueError(f"architecture has no conv {name!r}")
+        raise ValueError(f"inconsistent widths: {name} has {act_} {side}put channels, its neighbours need {exp}")
 
 
 def _conv(arch: Arch, name: str, k: int, rngs):
@@ -172,8 +265,8 @@ class BranchNet(nnx.Module):
         for stage in self.stages:
             f = apply_stacked(stage, f)
             outs.append(f)
-        y = jnp.stack(outs, axis=0)  # (D, N, B, H, W, C) -> (B, H, W, N, D, C)
-        return y.transpose(2, 3, 4, 1, 0, 5).reshape(*y.shape[2:5], -1), res
+        y = jnp.concatenate(outs, axis=-1)  # (N, B, H, W, sum C_d) -> (B, H, W, N * sum C_d)
+        return y.transpose(1, 2, 3, 0, 4).reshape(*y.shape[1:4], -1), res
 
     def _features_sequential(self, x):
         n, s = self.arch.branches, self.arch.n_srfdb
@@ -269,7 +362,11 @@ class MergedNet(nnx.Module):
 
 def build(arch: Arch, rngs: nnx.Rngs | None = None) -> nnx.Module:
     """The network for ``arch`` (randomly initialised with PyTorch's default init)."""
-    rngs = rngs or nnx.Rngs(0)
+    check_widths(arch)
+    return _construct(arch, rngs or nnx.Rngs(0))
+
+
+def _construct(arch: Arch, rngs: nnx.Rngs) -> nnx.Module:
     if arch.form == "merged":
         return MergedNet(arch, rngs=rngs)
     if arch.layout == "rfdn":
@@ -279,7 +376,8 @@ def build(arch: Arch, rngs: nnx.Rngs | None = None) -> nnx.Module:
 
 def build_abstract(arch: Arch) -> nnx.Module:
     """Shape-only network (no allocation), to be filled with ``nnx.update``."""
-    return nnx.eval_shape(lambda: build(arch, nnx.Rngs(0)))
+    check_widths(arch)
+    return nnx.eval_shape(lambda: _construct(arch, nnx.Rngs(0)))
 
 
 def count_params(model: nnx.Module) -> int:

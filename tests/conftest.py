@@ -1,0 +1,37 @@
+"""Shared fixtures: the ../shared data folder (or $PRFDN_SHARED), random inputs, torch threads."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("PRFDN_SHARED", ROOT.parent / "shared"))
+
+
+def shared_path(*parts) -> Path:
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"shared data not found: {p} (set PRFDN_SHARED)")
+    return p
+
+
+@pytest.fixture
+def shared():
+    return shared_path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _torch_threads():
+    try:
+        import torch
+
+        torch.set_num_threads(2)
+    except ImportError:
+        pass
+
+
+def random_image(h=24, w=20, seed=0, batch=1) -> np.ndarray:
+    """(B, H, W, 3) float32 in [0, 255]."""
+    return np.random.default_rng(seed).uniform(0, 255, (batch, h, w, 3)).astype(np.float32)

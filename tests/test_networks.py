@@ -1,0 +1,177 @@
+"""JAX networks == the PyTorch reference, and every apply path of a branch network is the same."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import random_image, shared_path
+from helpers_torch import jax_forward, max_rel, torch_forward, torch_module
+from prfdn_jax.blocks import pixel_shuffle, rfdb_widths
+from prfdn_jax.networks import LAYOUTS, Arch, build, check_widths, default_arch
+
+IMPLS = ("vmap", "sequential", "grouped", "loop", "dense")
+
+
+def _block(rng, p: str, n_in: int, steps: int, cat_p: bool, n_out: int | None = None) -> dict:
+    """Random consistent widths of one RFDB/SRFDB (every conv its own width, as after free pruning)."""
+    r = lambda: int(rng.integers(2, 9))  # noqa: E731
+    w = {}
+    for i in range(1, steps + 1):
+        w[f"{p}c{i}_d"] = (n_in, r())
+        w[f"{p}c{i}_r"] = (n_in, n_in)
+    w[f"{p}c4"] = (n_in, r())
+    cat_w = sum(w[f"{p}c{i}_d"][1] for i in range(1, steps + 1)) + w[f"{p}c4"][1]
+    if cat_p:
+        w[f"{p}cat_p"] = (cat_w, r())
+        cat_w = w[f"{p}cat_p"][1]
+    out = n_out or r() + 2
+    w[f"{p}c5"] = (cat_w, out)
+    f1, f2, f3, f4, f5 = (r() for _ in range(5))
+    w.update({f"{p}esa.conv1": (out, f1), f"{p}esa.conv_f": (f1, f5), f"{p}esa.conv_max": (f2, f3),
+              f"{p}esa.conv2": (f1, f2), f"{p}esa.conv3": (f3, f4), f"{p}esa.conv3_": (f4, f5),
+              f"{p}esa.conv4": (f5, out)})
+    return w
+
+
+def random_merged_arch(seed: int, layout: str, scale: int) -> Arch:
+    rng = np.random.default_rng(seed)
+    r = lambda lo=3, hi=10: int(rng.integers(lo, hi))  # noqa: E731
+    n, s = LAYOUTS[layout]
+    depth = {"b4s": 1, "b2s": 2, "b2": 2}[layout]
+    w = {"fea": (3 * n, r())}
+    f_w = w["fea"][1]
+    if s:
+        w["split_left"], w["split_right"] = (f_w, r()), (f_w, r())
+        sr = _block(rng, "srfdb.", w["split_right"][1], 1, cat_p=s > 1)
+        w.update(sr)
+        f_w = w["split_left"][1] + sr["srfdb.c5"][1]
+    b, outs = f_w, []
+    for d in range(depth):
+        blk = _block(rng, f"stages.{d}.", b, 3, cat_p=True)
+        w.update(blk)
+        b = blk[f"stages.{d}.c5"][1]
+        outs.append(b)
+    c_in = sum(outs)
+    if depth > 1:
+        w["cat_p"] = (c_in, r())
+        c_in = w["cat_p"][1]
+    nf = r()
+    w.update({"c": (c_in, r()), "split": (f_w, nf)})
+    w["LR_conv"] = (w["c"][1], nf)
+    w["upsampler"] = (nf, 3 * scale * scale)
+    arch = Arch.make("merged", layout, scale, w)
+    check_widths(arch)
+    return arch
+
+
+def random_branch_arch(seed: int, layout: str, scale: int, form: str = "branch") -> Arch:
+    """Uniformly pruned branch net: per-conv widths differ from the defaults, equal over branches."""
+    rng = np.random.default_rng(seed)
+    n, s = LAYOUTS[layout]
+    nf = int(rng.integers(4, 10))
+    depth = default_arch(layout).depth
+    w = {"fea": (3, nf)}
+    if s:
+        w.update(_block(rng, "srfdb.", nf, 1, cat_p=False, n_out=nf))
+    b, outs = nf, []
+    for d in range(depth):
+        blk = _block(rng, f"stages.{d}.", b, 3, cat_p=False)
+        w.update(blk)
+        b = blk[f"stages.{d}.c5"][1]
+        outs.append(b)
+    c = int(rng.integers(3, 9))
+    w.update({"c": (n * sum(outs), c), "LR_conv": (c, nf), "upsampler": (nf, 3 * scale * scale)})
+    arch = Arch.make(form, layout, scale, w)
+    check_widths(arch)
+    return arch
+
+
+@pytest.mark.parametrize("r", [2, 3, 4])
+def test_pixel_shuffle_matches_torch(r):
+    x = random_image(5, 7, batch=2)[..., :1].repeat(3 * r * r, -1) * np.arange(3 * r * r)
+    want = F.pixel_shuffle(torch.from_numpy(x).permute(0, 3, 1, 2), r).numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_array_equal(np.asarray(pixel_shuffle(x, r)), want)
+
+
+def test_bilinear_resize_matches_torch():
+    import jax
+
+    x = random_image(6, 5, batch=1)
+    want = F.interpolate(torch.from_numpy(x).permute(0, 3, 1, 2), size=(23, 17), mode="bilinear",
+                         align_corners=False).numpy().transpose(0, 2, 3, 1)
+    got = jax.image.resize(x, (1, 23, 17, 3), "bilinear", antialias=False)
+    assert np.abs(np.asarray(got) - want).max() < 1e-4
+
+
+@pytest.mark.parametrize("nf,n_blocks,scale", [(8, 2, 2), (12, 3, 3), (50, 4, 4)])
+def test_rfdn_matches_torch(nf, n_blocks, scale):
+    model = build(default_arch("rfdn", nf=nf, n_blocks=n_blocks, scale=scale))
+    x = random_image(20, 18, seed=nf)
+    out = jax_forward(model, x)
+    assert out.shape == (1, 20 * scale, 18 * scale, 3)
+    assert np.abs(out - torch_forward(torch_module(model), x)).max() <= 1e-3
+
+
+@pytest.mark.parametrize("layout", ["b4s", "b2s", "b2"])
+@pytest.mark.parametrize("nf", [8, 20])
+def test_branch_nets_match_torch(layout, nf):
+    model = build(default_arch(layout, nf=nf, scale=3))
+    x = random_image(19, 16, seed=nf)
+    assert np.abs(jax_forward(model, x) - torch_forward(torch_module(model), x)).max() <= 1e-3
+
+
+@pytest.mark.parametrize("layout,scale", [("b4s", 2), ("b2s", 3), ("b4s", 4), ("b2s", 2)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_merged_random_widths_match_torch(layout, scale, seed):
+    model = build(random_merged_arch(seed, layout, scale))
+    x = random_image(17, 21, seed=seed)
+    assert np.abs(jax_forward(model, x) - torch_forward(torch_module(model), x)).max() <= 1e-3
+
+
+@pytest.mark.parametrize("layout", ["rfdn", "b4s", "b2s", "b2"])
+def test_apply_paths_equal_default_widths(layout):
+    model = build(default_arch(layout, nf=12, scale=2))
+    x = random_image(16, 18)
+    outs = {impl: jax_forward(model, x, impl) for impl in IMPLS}
+    for impl in IMPLS:
+        assert max_rel(outs[impl], outs["sequential"]) < 1e-5, impl
+
+
+@pytest.mark.parametrize("layout", ["b4s", "b2s", "b2"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_apply_paths_equal_random_widths(layout, seed):
+    model = build(random_branch_arch(seed, layout, 2))
+    x = random_image(17, 15, seed=seed)
+    outs = {impl: jax_forward(model, x, impl) for impl in IMPLS}
+    for impl in IMPLS:
+        assert max_rel(outs[impl], outs["sequential"]) < 1e-5, impl
+
+
+def test_branch_parameters_are_one_stacked_pytree():
+    model = build(default_arch("b4s", nf=8, scale=2))
+    assert model.stages[0].c1_r.kernel[...].shape == (4, 3, 3, 8, 8)
+    assert model.srfdb.esa.conv2.kernel[...].shape == (3, 3, 3, 2, 2)
+    assert model.fea.kernel[...].shape == (4, 3, 3, 3, 8)
+
+
+def test_inconsistent_widths_are_rejected():
+    w = dict(default_arch("rfdn", nf=8, scale=2).widths)
+    w["stages.1.c5"] = (15, 8)
+    with pytest.raises(ValueError, match="stages.1.c5 has 15 input channels"):
+        build(Arch.make("branch", "rfdn", 2, w))
+
+
+@pytest.mark.parametrize("name", ["rfdn_aim_x4", "prfdn_x2_pruned", "prfdn_x3_pruned", "rfdnb4s_branch_x4",
+                                  "rfdnb2_branch_x4"])
+def test_released_weights_match_torch_on_real_image(name):
+    from PIL import Image
+
+    from prfdn_jax.checkpoint import load_torch
+
+    model = load_torch(shared_path("weights", f"{name}.pth"))
+    s = model.arch.scale
+    lr = np.asarray(Image.open(shared_path("data", "Set5", "LR_bicubic", f"X{s}", f"birdx{s}.png")).convert("RGB"),
+                    np.float32)[None]
+    ref = torch_module(model)
+    assert np.abs(jax_forward(model, lr) - torch_forward(ref, lr)).max() <= 1e-3
