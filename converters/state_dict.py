@@ -25,7 +25,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from prfdn_jax.blocks import geometry
+from prfdn_jax.blocks import ESA_CONVS, geometry
 from prfdn_jax.networks import LAYOUTS, Arch, width_errors
 
 _TOP = {"c": "c.0", "upsampler": "upsampler.0"}
@@ -154,6 +154,11 @@ def _skeleton(sd, layout: str, depth: int, merged: bool) -> dict[str, tuple[int,
                       if k.startswith(prefix + ".") and k.endswith(".weight") and _known(k[len(prefix) + 1:-7]))
         if not subs:
             raise StateDictError(f"missing block {prefix!r} (no '{prefix}.*' keys)")
+        steps = 1 if part == "srfdb" else 3
+        required = [f"c{i}_{t}" for i in range(1, steps + 1) for t in "dr"] + ["c4", "c5"]
+        for sub in required + [f"esa.{c}" for c in ESA_CONVS]:
+            if sub not in subs:
+                raise StateDictError(f"missing key '{prefix}.{sub}.weight'")
         names.update({f"{part}.{sub}": (0, 0) for sub in subs})
     extra = ["split_left", "split_right"] if merged and s else []
     extra += ["cat_p"] if merged and "cat_p.weight" in sd else []
