@@ -13,7 +13,7 @@ networks pruned to arbitrary per-layer widths. Forward passes follow
 
 Public API
 ----------
-``ESA``, ``RFDB``, ``SRFDB``, ``RFDN``, ``BranchNet``, ``MergedNet``,
+``ESA``, ``RFDB``, ``SRFDB``, ``RFDN``, ``BranchNet``, ``MergedNet``, ``WideNet`` (grouped convs),
 ``esa_widths``, ``rfdb_widths``, ``merged_widths``, ``widths_from_state_dict``,
 ``build_from_state_dict``, ``count_params``, ``kernel_of``, ``ACT_SLOPE``.
 """
@@ -36,6 +36,7 @@ __all__ = [
     "RFDN",
     "BranchNet",
     "MergedNet",
+    "WideNet",
     "esa_widths",
     "rfdb_widths",
     "merged_widths",
@@ -82,9 +83,12 @@ def kernel_of(name: str) -> tuple[int, int, int]:
     return k, 1, (k - 1) // 2
 
 
-def _conv(name: str, cin: int, cout: int) -> nn.Conv2d:
+def _conv(name: str, cin: int, cout: int, groups: int = 1) -> nn.Conv2d:
+    """Conv ``name`` with ``cin -> cout`` per group; ``groups`` > 1 gives a grouped conv of
+    ``groups*cin -> groups*cout`` channels (branch-major: group g is branch g)."""
     k, s, p = kernel_of(name)
-    return nn.Conv2d(int(cin), int(cout), k, stride=s, padding=p, bias=True)
+    g = int(groups)
+    return nn.Conv2d(g * int(cin), g * int(cout), k, stride=s, padding=p, groups=g, bias=True)
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -139,7 +143,8 @@ def _scaled(w: Mapping[str, tuple[int, int]], k: int) -> Widths:
 def merged_widths(layout: str, nf: int = 50, scale: int = 2) -> Widths:
     """Full-prefix widths of the UNPRUNED merged network (branch widths times the branch count).
 
-    'b4s': 4 branches (1 plain + 3 with an SRFDB); 'b2s': 2 branches of two RFDBs, SRFDB on branch 2.
+    'b4s': 4 branches (1 plain + 3 with an SRFDB); 'b2s': 2 branches of two RFDBs, SRFDB on branch 2;
+    'b2': as 'b2s' without the SRFDB (no split_left / split_right).
     """
     out = 3 * scale * scale
     if layout == "b4s":
@@ -158,7 +163,14 @@ def merged_widths(layout: str, nf: int = 50, scale: int = 2) -> Widths:
         w.update({"cat_p": (4 * nf, 4 * nf), "c.0": (4 * nf, nf), "LR_conv": (nf, nf),
                   "split": (2 * nf, nf), "upsampler.0": (nf, out)})
         return w
-    raise ValueError(f"unknown merged layout {layout!r} (expected 'b4s' or 'b2s')")
+    if layout == "b2":
+        w = {"fea_conv12": (6, 2 * nf)}
+        for b in ("B13", "B24"):
+            w.update({f"{b}.{k}": v for k, v in _scaled(rfdb_widths(nf, 3, cat_p=True), 2).items()})
+        w.update({"cat_p": (4 * nf, 4 * nf), "c.0": (4 * nf, nf), "LR_conv": (nf, nf),
+                  "split": (2 * nf, nf), "upsampler.0": (nf, out)})
+        return w
+    raise ValueError(f"unknown merged layout {layout!r} (expected 'b4s', 'b2s' or 'b2')")
 
 
 def widths_from_state_dict(sd: Mapping[str, torch.Tensor]) -> Widths:
@@ -171,9 +183,12 @@ def widths_from_state_dict(sd: Mapping[str, torch.Tensor]) -> Widths:
 
 class ESA(nn.Module):
     """Enhanced spatial attention. ``widths``: dict over conv1, conv_f, conv_max, conv2, conv3, conv3_,
-    conv4 (an 'esa.' prefix on the keys is accepted), or an int n for the standard f = n // 4 block."""
+    conv4 (an 'esa.' prefix on the keys is accepted), or an int n for the standard f = n // 4 block.
 
-    def __init__(self, widths: Mapping[str, tuple[int, int]] | int):
+    ``groups`` > 1: ``groups`` ESAs side by side on branch-major channels (the wide form); ``widths``
+    are then per branch and every conv is a grouped conv (pooling and resizing act per channel)."""
+
+    def __init__(self, widths: Mapping[str, tuple[int, int]] | int, groups: int = 1):
         super().__init__()
         if isinstance(widths, int):
             widths = esa_widths(widths)
@@ -188,9 +203,10 @@ class ESA(nn.Module):
                f"ESA: conv3_ and conv_f outputs are added and feed conv4: {w}")
         _check(w["conv4"][1] == w["conv1"][0], f"ESA: conv4 must output conv1's {w['conv1'][0]} channels: {w}")
         self.widths = w
-        self.in_channels = self.out_channels = w["conv1"][0]
+        self.groups = int(groups)
+        self.in_channels = self.out_channels = w["conv1"][0] * self.groups
         for name in _ESA_NAMES:
-            setattr(self, name, _conv(f"esa.{name}", *w[name]))
+            setattr(self, name, _conv(f"esa.{name}", *w[name], groups=self.groups))
         self.relu = nn.ReLU()
         self.sigmoid = nn.Sigmoid()
 
@@ -214,10 +230,19 @@ class RFDB(nn.Module):
     is inferred from the c{i}_d entries. An int ``widths`` builds the standard block on that many
     channels (then ``steps`` and ``cat_p`` are used). With a ``cat_p`` entry the concat before c5 goes
     through that 1x1 conv. No block-level residual.
+
+    ``groups`` > 1 (the wide / re-parametrized form, used to prune uniformly): ``groups`` blocks side
+    by side on branch-major channels, ``widths`` per branch. Every conv is a grouped conv except
+    ``c5``, which is a DENSE 1x1 conv ``groups*cat -> groups*out`` reading the plain (tensor-major)
+    concat ``[d1 (all branches), d2 (all), ..., r4 (all)]``: branch g's kernel sits in rows
+    ``g*out:(g+1)*out`` and, for each concatenated tensor t of per-branch width w_t at per-branch
+    offset o_t, in columns ``groups*o_t + g*w_t : groups*o_t + (g+1)*w_t``; every other entry is
+    zero. This folds the channel interleaving into c5, so a dependency-graph pruner sees only
+    ``torch.cat`` and convs.
     """
 
     def __init__(self, widths: Mapping[str, tuple[int, int]] | int, steps: int | None = None,
-                 cat_p: bool = False):
+                 cat_p: bool = False, groups: int = 1):
         super().__init__()
         if isinstance(widths, int):
             widths = rfdb_widths(widths, 3 if steps is None else steps, cat_p)
@@ -248,18 +273,46 @@ class RFDB(nn.Module):
         _check(w["c5"][0] == cat, f"RFDB: c5 must read {cat} channels, got {w['c5']}")
         _check(w["esa.conv1"][0] == w["c5"][1], f"RFDB: ESA must run on c5's {w['c5'][1]} channels")
 
+        g = int(groups)
+        _check(g >= 1, f"RFDB: groups must be >= 1, got {groups}")
+        _check(g == 1 or not has_cat_p, "RFDB: a grouped (wide) block has no cat_p")
         self.widths = w
         self.steps = steps
-        self.in_channels = n
-        self.out_channels = w["c5"][1]
+        self.groups = g
+        self.in_channels = n * g
+        self.out_channels = w["c5"][1] * g
         for i in range(1, steps + 1):
-            setattr(self, f"c{i}_d", _conv(f"c{i}_d", *w[f"c{i}_d"]))
-            setattr(self, f"c{i}_r", _conv(f"c{i}_r", *w[f"c{i}_r"]))
-        self.c4 = _conv("c4", *w["c4"])
-        self.c5 = _conv("c5", *w["c5"])
+            setattr(self, f"c{i}_d", _conv(f"c{i}_d", *w[f"c{i}_d"], groups=g))
+            setattr(self, f"c{i}_r", _conv(f"c{i}_r", *w[f"c{i}_r"], groups=g))
+        self.c4 = _conv("c4", *w["c4"], groups=g)
+        self.c5 = _conv("c5", w["c5"][0] * g, w["c5"][1] * g)  # dense: see the class doc
         self.act = nn.LeakyReLU(ACT_SLOPE)
-        self.esa = ESA(_sub(w, "esa"))
+        self.esa = ESA(_sub(w, "esa"), groups=g)
         self.cat_p = _conv("cat_p", *w["cat_p"]) if has_cat_p else None
+        if g > 1:
+            with torch.no_grad():
+                self.c5.weight.mul_(self.c5_mask().to(self.c5.weight.dtype)[:, :, None, None])
+
+    def c5_columns(self, branch: int) -> list[int]:
+        """Input columns of ``c5`` that belong to ``branch`` (grouped form), in the branch's own
+        ``[d1, d2, ..., r4]`` order; computed from the current conv widths (valid after pruning)."""
+        g = self.groups
+        parts = [getattr(self, f"c{i}_d") for i in range(1, self.steps + 1)] + [self.c4]
+        cols, off = [], 0
+        for conv in parts:
+            w = conv.out_channels // g
+            cols.extend(range(g * off + branch * w, g * off + (branch + 1) * w))
+            off += w
+        return cols
+
+    def c5_mask(self) -> torch.Tensor:
+        """``(out, in)`` boolean mask of c5's block structure (all True for groups == 1)."""
+        g = self.groups
+        mask = torch.zeros(self.c5.out_channels, self.c5.in_channels, dtype=torch.bool)
+        out = self.c5.out_channels // g
+        for b in range(g):
+            mask[b * out:(b + 1) * out, self.c5_columns(b)] = True
+        return mask
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         distilled = []
@@ -277,8 +330,8 @@ class RFDB(nn.Module):
 class SRFDB(RFDB):
     """The PRFDN team's small RFDB (class RFDBS upstream): one distillation step."""
 
-    def __init__(self, widths: Mapping[str, tuple[int, int]] | int, cat_p: bool = False):
-        super().__init__(widths, steps=1, cat_p=cat_p)
+    def __init__(self, widths: Mapping[str, tuple[int, int]] | int, cat_p: bool = False, groups: int = 1):
+        super().__init__(widths, steps=1, cat_p=cat_p, groups=groups)
 
 
 def _upsampler(nf: int, scale: int, out_nc: int = 3) -> nn.Sequential:
@@ -362,6 +415,7 @@ _MERGED = {
     # layout: (first conv, SRFDB key, RFDB keys, SRFDB has cat_p, model-level cat_p)
     "b4s": ("fea_conv1234", "B2S123", ("B1234",), True, False),
     "b2s": ("fea_conv12", "B2S2", ("B13", "B24"), False, True),
+    "b2": ("fea_conv12", None, ("B13", "B24"), False, True),
 }
 
 
@@ -377,6 +431,8 @@ class MergedNet(nn.Module):
     'b2s' (x3): f = fea_conv12(cat[x]*k); f = cat[split_left(f), B2S2(split_right(f))];
         b13 = B13(f); b24 = B24(b13); out = act(c.0(cat_p(cat[b13, b24])));
         out = LR_conv(out) + split(f); y = PixelShuffle(upsampler.0(out)).
+    'b2': as 'b2s' without the SRFDB: f = fea_conv12(cat[x]*k) feeds B13 directly (no split_left /
+        split_right; the merged form of a 'b2' branch model).
     """
 
     def __init__(self, widths: Mapping[str, tuple[int, int]], layout: str, scale: int | None = None):
@@ -384,10 +440,12 @@ class MergedNet(nn.Module):
         _check(layout in _MERGED, f"unknown merged layout {layout!r} (expected one of {tuple(_MERGED)})")
         first, skey, rkeys, s_cat_p, m_cat_p = _MERGED[layout]
         w = {k: (int(v[0]), int(v[1])) for k, v in widths.items()}
-        top = {first, "split_left", "split_right", "split", "c.0", "LR_conv", "upsampler.0"}
+        top = {first, "split", "c.0", "LR_conv", "upsampler.0"}
+        if skey is not None:
+            top |= {"split_left", "split_right"}
         if m_cat_p:
             top.add("cat_p")
-        blocks = (skey, *rkeys)
+        blocks = tuple(b for b in (skey, *rkeys) if b is not None)
         stray = {k for k in w if k not in top and k.split(".")[0] not in blocks}
         _check(not stray, f"MergedNet({layout}): unexpected width entries {sorted(stray)}")
         missing = top - set(w)
@@ -400,21 +458,24 @@ class MergedNet(nn.Module):
         _check(ups_out % 3 == 0 and 3 * r * r == ups_out,
                f"MergedNet: upsampler.0 outputs {ups_out} channels, not 3*r*r")
         _check(scale is None or scale == r, f"MergedNet: scale {scale} but upsampler.0 gives x{r}")
-
-        sw = _sub(w, skey)
-        _check("cat_p" not in sw if not s_cat_p else "cat_p" in sw,
-               f"MergedNet({layout}): {skey} must {'' if s_cat_p else 'not '}have cat_p")
-        _check(w["split_left"][0] == nfeat and w["split_right"][0] == nfeat,
-               f"MergedNet: split_left/split_right must read {first}'s {nfeat} channels")
-        _check(sw.get("c1_r", (None,))[0] == w["split_right"][1],
-               f"MergedNet: {skey} must read split_right's {w['split_right'][1]} channels")
         self.n_copies = cin0 // 3
         self.layout, self.scale = layout, r
         setattr(self, first, _conv(first, cin0, nfeat))
-        self.split_left = _conv("split_left", *w["split_left"])
-        self.split_right = _conv("split_right", *w["split_right"])
-        setattr(self, skey, SRFDB(sw))
-        g = w["split_left"][1] + getattr(self, skey).out_channels
+
+        if skey is not None:
+            sw = _sub(w, skey)
+            _check("cat_p" not in sw if not s_cat_p else "cat_p" in sw,
+                   f"MergedNet({layout}): {skey} must {'' if s_cat_p else 'not '}have cat_p")
+            _check(w["split_left"][0] == nfeat and w["split_right"][0] == nfeat,
+                   f"MergedNet: split_left/split_right must read {first}'s {nfeat} channels")
+            _check(sw.get("c1_r", (None,))[0] == w["split_right"][1],
+                   f"MergedNet: {skey} must read split_right's {w['split_right'][1]} channels")
+            self.split_left = _conv("split_left", *w["split_left"])
+            self.split_right = _conv("split_right", *w["split_right"])
+            setattr(self, skey, SRFDB(sw))
+            g = w["split_left"][1] + getattr(self, skey).out_channels
+        else:
+            g = nfeat
         _check(w["split"][0] == g, f"MergedNet: split must read the {g}-channel feature, got {w['split']}")
         ch = g
         for k in rkeys:
@@ -442,7 +503,8 @@ class MergedNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xin = torch.cat([x] * self.n_copies, dim=1) if self.n_copies > 1 else x
         f = getattr(self, self._first)(xin)
-        f = torch.cat([self.split_left(f), getattr(self, self._skey)(self.split_right(f))], dim=1)
+        if self._skey is not None:
+            f = torch.cat([self.split_left(f), getattr(self, self._skey)(self.split_right(f))], dim=1)
         if self.layout == "b4s":
             out = self.c(self.B1234(f))
         else:
@@ -454,8 +516,10 @@ class MergedNet(nn.Module):
 
     @staticmethod
     def layout_of(sd: Mapping[str, torch.Tensor]) -> str | None:
-        for layout, (first, *_rest) in _MERGED.items():
-            if f"{first}.weight" in sd:
+        """'b4s', 'b2s' or 'b2' from the first conv's key (and, for two copies, the SRFDB's keys)."""
+        for layout, (first, skey, *_rest) in _MERGED.items():
+            has_srfdb = skey is not None and any(k.startswith(skey + ".") for k in sd)
+            if f"{first}.weight" in sd and (has_srfdb or skey is None):
                 return layout
         return None
 
@@ -468,6 +532,113 @@ class MergedNet(nn.Module):
         net = cls(widths_from_state_dict(sd), layout)
         _load_strict(net, sd)
         return net.eval()
+
+
+_WIDE_LAYOUTS = {"rfdn": (1, 0), "b4s": (4, 3), "b2s": (2, 1), "b2": (2, 0)}  # branches, SRFDB branches
+
+
+class WideNet(nn.Module):
+    """The re-parametrized (wide) PRFDN, and RFDN as its one-branch case, as grouped convs.
+
+    Mirrors prfdn-jax's ``WideNet`` and takes its conv names and PER-BRANCH widths
+    (``{'fea': (3, nf), 'srfdb.c1_d': ..., 'stages.0.c5': ..., 'c': (N*sum, nc), 'LR_conv': ...,
+    'upsampler': ...}``); ``layout`` is 'b4s', 'b2s', 'b2' or 'rfdn' (N = 4, 2, 2, 1 branches).
+    Built so that Torch-Pruning's dependency graph sees every coupling and keeps the branches uniform:
+
+    * ``fea``: N separate 3x3 convs on the image (``fea.<b>``); branch 0's output is also the global
+      residual, added to LR_conv's output.
+    * ``srfdb`` (S branches) and ``stages.<d>`` (N branches): :class:`RFDB` with ``groups``, i.e.
+      grouped convs with the interleaving concat folded into a dense, block-structured ``c5``.
+    * ``c``: dense 1x1 conv reading the plain concat ``[stage 0 (all branches), stage 1 (all), ...]``
+      (the JAX ``c`` reads the branch-major order; the conversion permutes its input rows).
+    * Only ``torch.cat`` joins tensors (no split / chunk / slicing / index_select).
+
+    Forward: ``f_b = fea.b(x)``; ``f = cat[f_0..f_{N-S-1}, srfdb(cat[f_{N-S}..f_{N-1}])]``;
+    ``s_d = stages.d(s_{d-1})`` with ``s_{-1} = f``; ``out = LR_conv(act(c(cat[s_0..]))) + f_0``;
+    ``y = PixelShuffle(upsampler.0(out))``.
+    """
+
+    def __init__(self, widths: Mapping[str, tuple[int, int]], layout: str, scale: int | None = None):
+        super().__init__()
+        _check(layout in _WIDE_LAYOUTS, f"unknown wide layout {layout!r} (expected one of {tuple(_WIDE_LAYOUTS)})")
+        n, s = _WIDE_LAYOUTS[layout]
+        w = {k: (int(v[0]), int(v[1])) for k, v in widths.items()}
+        for key in ("fea", "c", "LR_conv", "upsampler"):
+            _check(key in w, f"WideNet: missing width entry {key!r}")
+        depth = len({int(m.group(1)) for k in w if (m := re.match(r"stages\.(\d+)\.", k))})
+        _check(depth >= 1, "WideNet: no stages.<d>.* widths")
+        has_srfdb = any(k.startswith("srfdb.") for k in w)
+        _check(has_srfdb == (s > 0), f"WideNet({layout}): SRFDB widths {'missing' if s else 'unexpected'}")
+        ups_out = w["upsampler"][1]
+        r = math.isqrt(ups_out // 3)
+        _check(ups_out % 3 == 0 and 3 * r * r == ups_out, f"WideNet: upsampler outputs {ups_out}, not 3*r*r")
+        _check(scale is None or scale == r, f"WideNet: scale {scale} but upsampler gives x{r}")
+        _check(w["fea"][0] == 3, f"WideNet: fea must read the 3-channel image, got {w['fea']}")
+        nf = w["fea"][1]
+        self.layout, self.scale, self.branches, self.n_srfdb, self.depth = layout, r, n, s, depth
+        self.fea = nn.ModuleList([_conv("fea_conv", 3, nf) for _ in range(n)])
+        ch = nf
+        if s:
+            self.srfdb = SRFDB(_sub(w, "srfdb"), groups=s)
+            _check(self.srfdb.in_channels == s * nf and self.srfdb.out_channels == s * nf,
+                   f"WideNet: the SRFDB must map fea's {nf} channels per branch to {nf}")
+        else:
+            self.srfdb = None
+        self.stages = nn.ModuleList()
+        cat = 0
+        for d in range(depth):
+            blk = RFDB(_sub(w, f"stages.{d}"), steps=3, groups=n)
+            _check(blk.in_channels == n * ch, f"WideNet: stages.{d} must read {ch} channels per branch")
+            ch = blk.out_channels // n
+            cat += blk.out_channels
+            self.stages.append(blk)
+        _check(w["c"][0] == cat, f"WideNet: c must read the {cat}-channel concat of stage outputs, got {w['c']}")
+        _check(w["LR_conv"] == (w["c"][1], nf), f"WideNet: LR_conv must map c's output to fea's {nf} channels")
+        _check(w["upsampler"][0] == nf, f"WideNet: upsampler must read {nf} channels")
+        self.c = _conv("c.0", *w["c"])
+        self.act = nn.LeakyReLU(ACT_SLOPE)
+        self.LR_conv = _conv("LR_conv", *w["LR_conv"])
+        self.upsampler = _upsampler(nf, r)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, s = self.branches, self.n_srfdb
+        fs = [conv(x) for conv in self.fea]
+        if s:
+            g = fs[n - s] if s == 1 else torch.cat(fs[n - s:], dim=1)
+            parts = fs[: n - s] + [self.srfdb(g)]
+        else:
+            parts = fs
+        f = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        outs = []
+        for stage in self.stages:
+            f = stage(f)
+            outs.append(f)
+        y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+        out = self.LR_conv(self.act(self.c(y))) + fs[0]
+        return self.upsampler(out)
+
+    def branch_widths(self) -> Widths:
+        """Per-branch ``{jax conv name: (cin, cout)}`` read from the current convs (valid after
+        pruning); raises ValueError if the branches no longer have equal widths."""
+        out: Widths = {}
+        fea = {(c.in_channels, c.out_channels) for c in self.fea}
+        _check(len(fea) == 1, f"WideNet: the first convs of the branches have different widths {sorted(fea)}")
+        out["fea"] = fea.pop()
+        blocks = ([("srfdb", self.srfdb)] if self.srfdb is not None else [])
+        blocks += [(f"stages.{d}", b) for d, b in enumerate(self.stages)]
+        for prefix, blk in blocks:
+            g = blk.groups
+            for name, conv in blk.named_modules():
+                if isinstance(conv, nn.Conv2d):
+                    _check(conv.in_channels % g == 0 and conv.out_channels % g == 0,
+                           f"WideNet: {prefix}.{name} has {conv.in_channels}->{conv.out_channels} channels, "
+                           f"not divisible by its {g} branches")
+                    out[f"{prefix}.{name}"] = (conv.in_channels // g, conv.out_channels // g)
+        out["c"] = (self.c.in_channels, self.c.out_channels)
+        out["LR_conv"] = (self.LR_conv.in_channels, self.LR_conv.out_channels)
+        up = self.upsampler[0]
+        out["upsampler"] = (up.in_channels, up.out_channels)
+        return out
 
 
 # --------------------------------------------------------------------------------------------- loading

@@ -7,6 +7,7 @@ Our model file is a ``.safetensors`` file (no pickle) whose tensors are the flat
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -35,12 +36,8 @@ def flat_params(model: nnx.Module) -> dict[str, np.ndarray]:
     return out
 
 
-def set_flat_params(model: nnx.Module, flat: Mapping[str, np.ndarray]) -> nnx.Module:
-    """Load flat parameters into ``model`` (abstract or real) after a strict key/shape check."""
-    state = nnx.state(model, nnx.Param)
-    have = {".".join(str(p) for p in path): var for path, var in state.flat_state()}
-    for key, var in have.items():
-        shape = tuple(var.get_value().shape)
+def _check_flat(have: Mapping[str, tuple], flat: Mapping[str, np.ndarray]) -> None:
+    for key, shape in have.items():
         if key not in flat:
             raise WeightsError(f"missing parameter {key!r} (expected shape {shape})")
         if tuple(np.shape(flat[key])) != shape:
@@ -48,14 +45,44 @@ def set_flat_params(model: nnx.Module, flat: Mapping[str, np.ndarray]) -> nnx.Mo
     for key in flat:
         if key not in have:
             raise WeightsError(f"unexpected parameter {key!r} (shape {tuple(np.shape(flat[key]))})")
-    for key, var in have.items():
-        var.set_value(jnp.asarray(flat[key], dtype=jnp.float32))
+
+
+def _nest(flat: Mapping[str, np.ndarray]) -> dict:
+    out: dict = {}
+    for key, v in flat.items():
+        *parents, leaf = [int(p) if p.isdigit() else p for p in key.split(".")]
+        d = out
+        for p in parents:
+            d = d.setdefault(p, {})
+        d[leaf] = jnp.asarray(v, dtype=jnp.float32)
+    return out
+
+
+def set_flat_params(model: nnx.Module, flat: Mapping[str, np.ndarray]) -> nnx.Module:
+    """Load flat parameters into ``model`` in place, after a strict key/shape check."""
+    state = nnx.state(model, nnx.Param)
+    _check_flat({".".join(str(p) for p in path): tuple(var.get_value().shape)
+                 for path, var in state.flat_state()}, flat)
+    nnx.replace_by_pure_dict(state, _nest(flat))
     nnx.update(model, state)
     return model
 
 
+@functools.lru_cache(maxsize=32)
+def _abstract(arch: Arch):
+    """(graphdef, abstract param state, {flat key: shape}) of ``arch``: traced once per architecture."""
+    graphdef, state = nnx.split(build_abstract(arch))
+    shapes = {".".join(str(p) for p in path): tuple(var.get_value().shape) for path, var in state.flat_state()}
+    return graphdef, state, shapes
+
+
 def model_from_flat(arch: Arch, flat: Mapping[str, np.ndarray]) -> nnx.Module:
-    return set_flat_params(build_abstract(arch), flat)
+    """A network of ``arch`` holding ``flat`` (strictly checked: names and shapes)."""
+    graphdef, abstract, shapes = _abstract(arch)
+    _check_flat(shapes, flat)
+    state = jax.tree.map(lambda x: x, abstract)  # fresh variables; the cached ones stay abstract
+    nnx.replace_by_pure_dict(state, _nest(flat))
+    return nnx.merge(graphdef, state)
 
 
 def atomic_path(path: Path):

@@ -240,9 +240,18 @@ def cmd_reparam(args) -> int:
 
 def cmd_prune(args) -> int:
     from prfdn_jax.checkpoint import load_any, save_model
+    from prfdn_jax.macs import params as params_of
     from prfdn_jax.prune import prune_model
 
     model = load_any(args.src)
+    if args.uniform and args.free:
+        raise CLIError("--uniform and --free exclude each other")
+    if args.uniform and model.arch.form == "merged":
+        raise CLIError(f"{args.src}: a merged network has no branches left to keep uniform; drop --uniform")
+    # Default: a branch/wide network stays grouped (uniform); a merged one is pruned freely. Free
+    # pruning of a wide network first densifies its block-diagonal convs (N times the parameters).
+    uniform = args.uniform or (not args.free and model.arch.form != "merged")
+    print(f"mode: {'uniform (every branch the same width; stays a wide grouped network)' if uniform else 'free (any width per layer; dense merged layout)'}")
     finetune = val = None
     if args.finetune_steps:
         if not args.data:
@@ -258,12 +267,14 @@ def cmd_prune(args) -> int:
 
         def val(m):
             return evaluate(m, val_dir, m.arch.scale, progress=False)["psnr_y"]
-    pruned, history = prune_model(model, ratio=args.ratio, steps=args.steps, uniform=args.uniform,
+    pruned, history = prune_model(model, ratio=args.ratio, steps=args.steps, uniform=uniform,
                                   importance=args.importance, finetune=finetune, val=val)
-    print(f"{'step':>4} {'params':>9} {'GMAC@1080p':>11} {'PSNR-Y':>8}")
+    print(f"{'step':>4} {'params':>10} {'GMAC@1080p':>11} {'PSNR-Y':>8}")
     for h in history:
         p = h.get("psnr")
-        print(f"{h['step']:>4} {h['params']:>9,} {h['gmac_1080p']:>11.2f} {p if p is None else format(p, '8.3f'):>8}")
+        print(f"{h['step']:>4} {h['params']:>10,} {h['gmac_1080p']:>11.2f} {'-' if p is None else format(p, '.3f'):>8}")
+    n0, n1 = params_of(model), history[-1]["params"]
+    print(f"parameters {n0:,} -> {n1:,} ({100 * (n1 - n0) / n0:+.1f}% against {args.src})")
     if not finetune:
         print("note: pruned without finetuning (no --finetune-steps/--data): quality is not recovered")
     save_model(args.dst, pruned)
@@ -314,7 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("dst", metavar="DST")
     q.add_argument("--ratio", type=float, required=True, help="channel pruning ratio (0..1)")
     q.add_argument("--steps", type=int, default=1, help="iterative pruning steps")
-    q.add_argument("--uniform", action="store_true", help="keep every branch the same width (stays a wide network)")
+    q.add_argument("--uniform", action="store_true",
+                   help="keep every branch the same width: the result stays a wide (grouped) network "
+                        "(default for a branch/wide input)")
+    q.add_argument("--free", action="store_true",
+                   help="any width per layer: merge into the dense layout first, then prune "
+                        "(default for a merged input; merging multiplies a wide net's parameters by ~N)")
     q.add_argument("--importance", default="magnitude", choices=("magnitude", "l1", "l2", "random", "taylor"))
     q.add_argument("--finetune-steps", type=int, default=0)
     q.add_argument("--data", nargs="+", metavar="DIR", help="training images for finetuning")

@@ -1,0 +1,437 @@
+"""The Torch-Pruning bridge: prfdn-jax networks <-> PyTorch modules Torch-Pruning can prune, and the pruning.
+
+Two PyTorch forms, both from :mod:`converters.torch_modules`, chosen so that Torch-Pruning's
+dependency graph (which knows convs, ``torch.cat`` and element-wise ops) sees every channel coupling:
+
+* **free** mode prunes the dense merged layout (:class:`~converters.torch_modules.MergedNet`, the
+  team's approach): split / concat-permutation are real 1x1 convs (``split_left``, ``split_right``,
+  ``split``, ``cat_p``), so every layer may end up with its own width.
+* **uniform** mode prunes the wide layout (:class:`~converters.torch_modules.WideNet`): every stacked
+  layer is a grouped conv (groups = branches). Torch-Pruning averages importance over the groups and
+  removes the same positions in every group, so the result is still a stacked network. The
+  branch-interleaving concats of the JAX wide form are folded into dense, block-structured 1x1 convs
+  (each block's ``c5`` and the fusion conv ``c``), which is exact and leaves only ``torch.cat``.
+
+Why not prune the merged layout with ``out_channel_groups`` for uniform mode: there the selector and
+permutation convs decouple the channels (pruning the first conv's channel j of branch 0 would not
+remove the matching channel of LR_conv), and a pruned permutation is no longer a permutation, so the
+result could not be folded back into stacked kernels. The grouped form has no such layers.
+
+Traps of Torch-Pruning 1.6.1 handled here (each is tested in ``tests/test_pruning.py``):
+
+* PixelShuffle is treated as element-wise: the conv feeding it (``upsampler.0``) is in
+  ``ignored_layers`` and the output width ``3*r*r`` is checked after every step.
+* ``torch.split`` / ``torch.chunk`` / slicing / reshapes / unknown ops: the traced graph is checked
+  against an allow-list (convs, ``cat``, and the element-wise ops the networks use) before pruning.
+* ``round_to`` rounds kept channels DOWN: not used (kept = ``int(initial * (1 - ratio))`` per group).
+* Local pruning can ask to remove every channel of a narrow layer (keep ``int(5 * 0.1) = 0``); TP
+  then silently skips that whole group (``check_pruning_group``), leaving it unpruned. Instead every
+  group goes through a guard that keeps at least ``min_keep`` channels (per branch in uniform mode),
+  the most important ones.
+* Partial roots: a grouped dependency group rooted at a layer that sees only some branches (the
+  first conv of one branch, LR_conv, the SRFDB's output convs) would reshape the wrong number of
+  scores into groups; in uniform mode only full-width layers may be roots (``root_module_types``).
+* A grouped conv with one channel per group looks depthwise to Torch-Pruning (``groups ==
+  out_channels``) and would be pruned as such: uniform mode keeps at least 2 channels per branch and
+  refuses networks that already have such a layer.
+
+In the wide form the first convs of branches 0 and of the SRFDB branches fall into two dependency
+groups (branch 0's output is coupled to the global residual and to the stage input; the others to
+the SRFDB's residual input); both have the same initial width and target, so they keep the same
+count, which is what the stacked JAX form needs (checked on import: :meth:`WideNet.branch_widths`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from converters.state_dict import arch_from_state_dict, flat_params_from_state_dict, state_dict_from_flat_params
+from converters.torch_modules import MergedNet, WideNet
+from prfdn_jax.checkpoint import flat_params, model_from_flat
+from prfdn_jax.networks import Arch
+
+IMPORTANCES = ("magnitude", "l1", "l2", "taylor", "random")
+# Element-wise autograd ops the reference networks use; anything else in the traced graph is refused.
+_ELEMENTWISE_OK = re.compile(
+    r"^(Add|Mul|Sigmoid|LeakyRelu|Relu|MaxPool2DWithIndices|UpsampleBilinear2D|PixelShuffle)Backward\d*$")
+
+
+class PruningError(ValueError):
+    """Pruning cannot proceed or produced an inconsistent network (one-line message)."""
+
+
+# ============================================================================ JAX <-> PyTorch
+
+def _oihw(k: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(k).transpose(3, 2, 0, 1))
+
+
+def _hwio(w: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(w).transpose(2, 3, 1, 0))
+
+
+def _block_prefixes(arch: Arch) -> list[tuple[str, int]]:
+    """``[(prefix, branches)]`` of the stacked blocks of a branch/wide arch."""
+    out = [("srfdb", arch.n_srfdb)] if arch.n_srfdb else []
+    return out + [(f"stages.{d}", arch.branches) for d in range(arch.depth)]
+
+
+def _c5_columns(w: Mapping[str, tuple[int, int]], prefix: str, g: int, branch: int) -> list[int]:
+    """Columns of the dense wide ``c5`` (tensor-major concat) that belong to ``branch``."""
+    steps = sum(1 for k in w if re.fullmatch(re.escape(prefix) + r"\.c\d+_d", k))
+    widths = [w[f"{prefix}.c{i}_d"][1] for i in range(1, steps + 1)] + [w[f"{prefix}.c4"][1]]
+    cols, off = [], 0
+    for wt in widths:
+        cols.extend(range(g * off + branch * wt, g * off + (branch + 1) * wt))
+        off += wt
+    return cols
+
+
+def _c_perm(arch: Arch) -> np.ndarray:
+    """Torch column (plain concat of stage outputs) of each JAX row (branch-major) of ``c``."""
+    n = arch.branches
+    ws = [arch.w[f"stages.{d}.c5"][1] for d in range(arch.depth)]
+    offs = np.cumsum([0] + ws)
+    perm = [n * offs[d] + b * ws[d] + j for b in range(n) for d in range(len(ws)) for j in range(ws[d])]
+    return np.asarray(perm)
+
+
+def wide_state_dict(flat: Mapping[str, np.ndarray], arch: Arch) -> dict[str, np.ndarray]:
+    """Flat prfdn-jax parameters of a branch/wide net -> state dict of the torch :class:`WideNet`."""
+    if arch.form == "merged":
+        raise PruningError("wide_state_dict needs a branch/wide network")
+    sd: dict[str, np.ndarray] = {}
+    fk, fb = np.asarray(flat["fea.kernel"]), np.asarray(flat["fea.bias"])
+    for b in range(fk.shape[0]):
+        sd[f"fea.{b}.weight"], sd[f"fea.{b}.bias"] = _oihw(fk[b]), fb[b]
+    w = arch.w
+    for prefix, g in _block_prefixes(arch):
+        for name in (k for k in w if k.startswith(prefix + ".")):
+            k, bias = np.asarray(flat[name + ".kernel"]), np.asarray(flat[name + ".bias"])
+            if name.endswith(".c5"):
+                cin, cout = w[name]
+                dense = np.zeros((g * cout, g * cin) + k.shape[1:3], np.float32)
+                for b in range(g):
+                    dense[b * cout:(b + 1) * cout, _c5_columns(w, prefix, g, b)] = _oihw(k[b])
+                sd[name + ".weight"] = dense
+            else:
+                sd[name + ".weight"] = np.concatenate([_oihw(k[b]) for b in range(g)], axis=0)
+            sd[name + ".bias"] = bias.reshape(-1)
+    ck = _oihw(flat["c.kernel"])
+    c = np.zeros_like(ck)
+    c[:, _c_perm(arch)] = ck
+    sd["c.weight"], sd["c.bias"] = c, np.asarray(flat["c.bias"])
+    sd["LR_conv.weight"], sd["LR_conv.bias"] = _oihw(flat["LR_conv.kernel"]), np.asarray(flat["LR_conv.bias"])
+    sd["upsampler.0.weight"] = _oihw(flat["upsampler.kernel"])
+    sd["upsampler.0.bias"] = np.asarray(flat["upsampler.bias"])
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in sd.items()}
+
+
+def flat_from_wide_state_dict(sd: Mapping[str, object], arch: Arch) -> dict[str, np.ndarray]:
+    """Inverse of :func:`wide_state_dict`; raises :class:`PruningError` if a dense ``c5`` has weight
+    outside its branch blocks (the network is then not a stack of independent branches)."""
+    sd = {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)) for k, v in sd.items()}
+    flat: dict[str, np.ndarray] = {}
+    n = arch.branches
+    flat["fea.kernel"] = np.stack([_hwio(sd[f"fea.{b}.weight"]) for b in range(n)])
+    flat["fea.bias"] = np.stack([sd[f"fea.{b}.bias"] for b in range(n)])
+    w = arch.w
+    for prefix, g in _block_prefixes(arch):
+        for name in (k for k in w if k.startswith(prefix + ".")):
+            weight, bias = sd[name + ".weight"], sd[name + ".bias"]
+            cin, cout = w[name]
+            if name.endswith(".c5"):
+                mask = np.zeros(weight.shape[:2], bool)
+                ks = []
+                for b in range(g):
+                    cols = _c5_columns(w, prefix, g, b)
+                    mask[b * cout:(b + 1) * cout, cols] = True
+                    ks.append(_hwio(weight[b * cout:(b + 1) * cout][:, cols]))
+                off = np.abs(weight[~mask]).max() if (~mask).any() else 0.0
+                if off != 0.0:
+                    raise PruningError(f"{name}: weights outside the branch blocks (max |w| {off:.3g}); "
+                                       "not a stacked network")
+            else:
+                ks = [_hwio(weight[b * cout:(b + 1) * cout]) for b in range(g)]
+            flat[name + ".kernel"] = np.stack(ks)
+            flat[name + ".bias"] = bias.reshape(g, cout)
+    flat["c.kernel"] = _hwio(sd["c.weight"][:, _c_perm(arch)])
+    flat["c.bias"] = sd["c.bias"]
+    flat["LR_conv.kernel"], flat["LR_conv.bias"] = _hwio(sd["LR_conv.weight"]), sd["LR_conv.bias"]
+    flat["upsampler.kernel"], flat["upsampler.bias"] = _hwio(sd["upsampler.0.weight"]), sd["upsampler.0.bias"]
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in flat.items()}
+
+
+def _tensors(sd: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in sd.items()}
+
+
+def torch_state_dict(model) -> dict[str, torch.Tensor]:
+    """State dict of ``model``'s torch counterpart (see :func:`to_torch`), as tensors."""
+    arch = model.arch
+    if arch.form == "merged":
+        return _tensors(state_dict_from_flat_params(flat_params(model), arch))
+    return _tensors(wide_state_dict(flat_params(model), arch))
+
+
+def to_torch(model) -> nn.Module:
+    """prfdn-jax network -> PyTorch module (eval mode) computing the same function.
+
+    Merged nets -> :class:`MergedNet` (released key names); branch / wide / RFDN nets -> the grouped
+    :class:`WideNet` (RFDN is its one-branch case).
+    """
+    arch = model.arch
+    if arch.form == "merged":
+        if arch.layout not in ("b4s", "b2s", "b2"):
+            raise PruningError(f"no PyTorch merged layout for {arch.layout!r} (merged b4s, b2s, b2 only)")
+        return MergedNet.from_state_dict(torch_state_dict(model))
+    net = WideNet(arch.w, arch.layout, arch.scale)
+    net.load_state_dict(torch_state_dict(model), strict=True)
+    return net.eval()
+
+
+def wide_arch(module: WideNet, form: str = "wide") -> Arch:
+    """The prfdn-jax architecture of a (possibly pruned) torch :class:`WideNet`."""
+    try:
+        widths = module.branch_widths()
+    except ValueError as e:
+        raise PruningError(str(e)) from None
+    return Arch.make(form, module.layout, module.scale, widths)
+
+
+def from_torch(module: nn.Module, form: str | None = None):
+    """PyTorch module -> prfdn-jax network (new widths read from the module's tensor shapes).
+
+    :class:`WideNet` -> form ``form`` (default 'wide'; 'branch' gives the same parameters);
+    :class:`MergedNet` -> 'merged'; the reference ``RFDN`` / ``BranchNet`` -> ``form`` or 'branch'.
+    """
+    if isinstance(module, WideNet):
+        form = form or "wide"
+        if form not in ("wide", "branch"):
+            raise PruningError(f"a WideNet converts to form 'wide' or 'branch', not {form!r}")
+        arch = wide_arch(module, form)
+        return model_from_flat(arch, flat_from_wide_state_dict(module.state_dict(), arch))
+    sd = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+    if isinstance(module, MergedNet):
+        if form not in (None, "merged"):
+            raise PruningError(f"a MergedNet converts to form 'merged', not {form!r}")
+        arch = arch_from_state_dict(sd)
+    else:
+        arch = arch_from_state_dict(sd, form or "branch")
+    return model_from_flat(arch, flat_params_from_state_dict(sd, arch))
+
+
+# ============================================================================ pruning
+
+class _RootConv(nn.Conv2d):
+    """Marks a conv allowed to root a dependency group in uniform mode (see module doc)."""
+
+
+def _non_roots(module: WideNet) -> set[nn.Module]:
+    """Layers of a WideNet whose output covers only part of its dependency group."""
+    out = set(module.fea) | {module.LR_conv, module.upsampler[0]}
+    if module.srfdb is not None:
+        out |= {module.srfdb.c5, module.srfdb.esa.conv4}
+    return out
+
+
+def make_importance(name: str):
+    """Torch-Pruning importance: 'magnitude' (= 'l2', group L2 norm, TP's default), 'l1', 'taylor'
+    (|w * dL/dw|, needs calibration data), 'random'."""
+    import torch_pruning as tp
+
+    if name in ("magnitude", "l2"):
+        return tp.importance.GroupMagnitudeImportance(p=2)
+    if name == "l1":
+        return tp.importance.GroupMagnitudeImportance(p=1)
+    if name == "taylor":
+        return tp.importance.GroupTaylorImportance()
+    if name == "random":
+        return tp.importance.RandomImportance()
+    raise PruningError(f"unknown importance {name!r}; choose from {', '.join(IMPORTANCES)}")
+
+
+def check_graph(dg) -> None:
+    """Refuse traced graphs with ops Torch-Pruning would mis-couple (split/chunk, slicing, reshapes,
+    unbind, expand, or element-wise ops outside the allow-list)."""
+    import torch_pruning as tp
+
+    ops = tp.ops
+    for m in dg.module2node:
+        if isinstance(m, (nn.Conv2d, ops._ConcatOp, ops._OutputOp)):
+            continue
+        if isinstance(m, ops._ElementWiseOp) and _ELEMENTWISE_OK.match(str(m._grad_fn)):
+            continue
+        if isinstance(m, (ops._SplitOp, ops._SliceOp)):
+            raise PruningError(f"the traced network splits tensors ({m}); Torch-Pruning prunes split / chunk "
+                               "sections unevenly: express channel selection as 1x1 convs or torch.cat")
+        raise PruningError(f"the traced network uses {m}, which Torch-Pruning may couple wrongly")
+
+
+class TorchPruner:
+    """One iterative Torch-Pruning session on a :class:`MergedNet` (free) or :class:`WideNet` (uniform).
+
+    ``step()`` runs one of ``steps`` pruning steps (target channel ratio ``ratio * k / steps`` of each
+    dependency group's initial width, TP's linear schedule, local ranking); the module is modified
+    in place. Between steps, ``load(state_dict)`` refreshes its weights (e.g. after finetuning in JAX)
+    without changing the module objects TP's graph refers to.
+
+    ``protect_output=False`` leaves the conv feeding PixelShuffle prunable: only to demonstrate the
+    trap (``check`` then refuses the result).
+    """
+
+    def __init__(self, module: nn.Module, *, ratio: float, steps: int, importance: str = "magnitude",
+                 example_size: int = 24, calib: tuple[np.ndarray, np.ndarray] | None = None,
+                 protect_output: bool = True):
+        import torch_pruning as tp
+
+        if not isinstance(module, (MergedNet, WideNet)):
+            raise PruningError(f"can prune a MergedNet or a WideNet, not {type(module).__name__}")
+        if not 0.0 <= ratio < 1.0:
+            raise PruningError(f"ratio must be in [0, 1), got {ratio}")
+        if int(steps) < 1:
+            raise PruningError(f"steps must be >= 1, got {steps}")
+        if importance == "taylor" and calib is None:
+            raise PruningError("taylor importance needs calibration data (calib=(lr, hr) arrays)")
+        self.module = module.eval()
+        self.uniform = isinstance(module, WideNet)
+        self.steps, self.ratio, self.importance_name = int(steps), float(ratio), importance
+        self.calib = calib
+        self.out_channels = 3 * module.scale * module.scale
+        self.example = torch.rand(1, 3, example_size, example_size) * 255
+        multi = self.uniform and module.branches > 1
+        self.min_keep = 2 if multi else 1
+        kw = {}
+        if self.uniform:
+            for m in module.modules():
+                if isinstance(m, nn.Conv2d) and m.groups > 1 and m.out_channels == m.groups:
+                    raise PruningError("a grouped conv has one channel per branch; Torch-Pruning would treat "
+                                       "it as depthwise: too narrow to prune uniformly")
+            non_roots = _non_roots(module)
+            for m in module.modules():
+                if type(m) is nn.Conv2d and m not in non_roots:
+                    m.__class__ = _RootConv
+            kw["root_module_types"] = [_RootConv]
+        try:
+            self.pruner = tp.pruner.MetaPruner(
+                module, self.example, importance=make_importance(importance), pruning_ratio=self.ratio,
+                iterative_steps=self.steps, ignored_layers=[module.upsampler] if protect_output else [],
+                global_pruning=False, round_to=None, **kw)
+            self.dg = self.pruner.DG
+            check_graph(self.dg)
+        except Exception:
+            self.finish()
+            raise
+        self.done = 0
+
+    # -- helpers
+    def _groups(self, group) -> int:
+        return max([1] + [dep.target.module.groups for dep, _ in group
+                          if isinstance(dep.target.module, nn.Conv2d)])
+
+    def _guard(self, group):
+        """Keep >= min_keep channels (per branch) in the group; check uniformity across branches."""
+        dep = group[0].dep
+        m, fn = dep.target.module, dep.handler
+        if not self.dg.is_out_channel_pruning_fn(fn):
+            return group
+        idxs = sorted(int(i.idx) if hasattr(i, "idx") else int(i) for i in group[0].idxs)
+        total = self.dg.get_out_channels(m)
+        g = self._groups(group)
+        per = total // g
+        pos = sorted({i % per for i in idxs})
+        if g > 1 and idxs != sorted(p + b * per for b in range(g) for p in pos):
+            raise PruningError(f"Torch-Pruning chose different channels in different branches at {m}")
+        if per - len(pos) >= self.min_keep:
+            return group
+        n_prune = per - self.min_keep
+        if n_prune <= 0:
+            return None
+        full = self.dg.get_pruning_group(m, fn, list(range(total)))
+        imp = self.pruner.estimate_importance(full).reshape(g, per).mean(0)
+        pos = sorted(pos, key=lambda p: float(imp[p]))[:n_prune]
+        return self.dg.get_pruning_group(m, fn, sorted(p + b * per for b in range(g) for p in pos))
+
+    def _gradients(self) -> None:
+        lr, hr = self.calib
+        x = torch.from_numpy(np.asarray(lr, np.float32)).permute(0, 3, 1, 2)
+        y = torch.from_numpy(np.asarray(hr, np.float32)).permute(0, 3, 1, 2)
+        self.module.zero_grad()
+        with torch.enable_grad():
+            loss = (self.module(x) - y).abs().mean()
+            loss.backward()
+
+    def check(self) -> None:
+        """The output stays RGB at the right scale and (uniform) the branches stay equal."""
+        up = self.module.upsampler[0]
+        if up.out_channels != self.out_channels:
+            raise PruningError(f"upsampler.0 has {up.out_channels} outputs after pruning, not {self.out_channels} "
+                               "(3*r*r): PixelShuffle's input was pruned")
+        with torch.no_grad():
+            y = self.module(self.example)
+        if y.shape[1] != 3:
+            raise PruningError(f"pruned network outputs {y.shape[1]} channels, not 3")
+        if self.uniform:
+            wide_arch(self.module)
+
+    # -- API
+    def step(self) -> None:
+        if self.done >= self.steps:
+            raise PruningError(f"all {self.steps} pruning steps are done")
+        if self.importance_name == "taylor":
+            self._gradients()
+        # TP silently skips a group whose schedule would empty a layer (DG.check_pruning_group): let
+        # every group through to the guard, which keeps min_keep channels, then check it for real.
+        check = self.dg.check_pruning_group
+        self.dg.check_pruning_group = lambda group: True
+        try:
+            for group in self.pruner.step(interactive=True):
+                group = self._guard(group)
+                if group is None:
+                    continue
+                if not check(group):
+                    raise PruningError(f"pruning group rooted at {group[0].dep.target.module} would empty a layer")
+                group.prune()
+        finally:
+            del self.dg.check_pruning_group
+        self.done += 1
+        if self.importance_name == "taylor":
+            self.module.zero_grad(set_to_none=True)
+        self.check()
+
+    def target_ratio(self, step: int | None = None) -> float:
+        """TP's scheduled channel ratio after ``step`` (default: the steps done)."""
+        return float(self.pruner.per_step_pruning_ratio[self.done if step is None else step])
+
+    def load(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Copy new weights into the (pruned) module in place; shapes must match."""
+        try:
+            self.module.load_state_dict(state_dict, strict=True)
+        except RuntimeError as e:
+            msg = " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())[:300]
+            raise PruningError(f"finetuned weights do not fit the pruned network: {msg}") from None
+
+    def finish(self) -> nn.Module:
+        """The pruned module, with the root markers removed."""
+        for m in self.module.modules():
+            if type(m) is _RootConv:
+                m.__class__ = nn.Conv2d
+        return self.module
+
+
+def prune_torch(module: nn.Module, *, ratio: float, steps: int = 1, importance: str = "magnitude",
+                calib=None) -> nn.Module:
+    """Prune a :class:`MergedNet` (free) or :class:`WideNet` (uniform) in place, no finetuning."""
+    session = TorchPruner(module, ratio=ratio, steps=steps, importance=importance, calib=calib)
+    for _ in range(steps):
+        session.step()
+    return session.finish()
+
+
+__all__ = ["IMPORTANCES", "PruningError", "TorchPruner", "check_graph", "flat_from_wide_state_dict", "from_torch",
+           "make_importance", "prune_torch", "to_torch", "torch_state_dict", "wide_arch", "wide_state_dict"]
