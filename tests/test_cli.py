@@ -204,3 +204,31 @@ def test_real_process_has_no_traceback(tmp_path):
                         str(tmp_path / "o.png")], capture_output=True, text=True, timeout=300)
     assert p.returncode != 0 and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.slow
+def test_reparam_prune_eval_chain(tmp_path, capsys):
+    """Issue 5's acceptance: reparam the B4S checkpoint, prune 0.5 in 2 steps, the result loads everywhere."""
+    wide, pruned = tmp_path / "W.safetensors", tmp_path / "P.safetensors"
+    assert run(["reparam", shared_path("weights", "rfdnb4s_branch_x4.pth"), wide], capsys)[0] == 0
+    code, out, _ = run(["prune", wide, pruned, "--ratio", 0.5, "--steps", 2], capsys)
+    assert code == 0 and "quality is not recovered" in out
+    before, after = (int(s.replace(",", "")) for s in out.split("parameters ")[1].split(" (")[0].split(" -> "))
+    assert after <= 0.6 * before
+    code, out, _ = run(["models", "--weights", pruned, "--json"], capsys)
+    assert code == 0 and last_json(out)["params"] == after and last_json(out)["form"] == "wide"
+    data = tmp_path / "data"
+    (data / "HR").mkdir(parents=True)
+    Image.open(shared_path("data", "Set5", "HR", "bird.png")).save(data / "HR" / "bird.png")
+    code, out, _ = run(["eval", "--weights", pruned, "--data", data, "--json"], capsys)
+    assert code == 0 and last_json(out)["images"] == 1
+
+
+def test_prune_flag_errors(tmp_path, capsys):
+    code, _, err = run(["prune", shared_path("weights", "prfdn_x2_pruned.pth"), tmp_path / "p.safetensors",
+                        "--ratio", 0.5, "--uniform"], capsys)
+    assert_one_line_error(code, err, "merged network")
+    code, _, err = run(["prune", shared_path("weights", "prfdn_x2_pruned.pth"), tmp_path / "p.safetensors",
+                        "--ratio", 1.5], capsys)
+    assert_one_line_error(code, err, "--ratio")
+    assert not (tmp_path / "p.safetensors").exists()
