@@ -31,7 +31,7 @@ class WeightsError(ValueError):
 def flat_params(model: nnx.Module) -> dict[str, np.ndarray]:
     """``{'a.b.kernel': np.ndarray}`` of every ``nnx.Param`` of ``model``."""
     out = {}
-    for path, var in nnx.state(model, nnx.Param).flat_state():
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         out[".".join(str(p) for p in path)] = np.asarray(var[...])
     return out
 
@@ -62,7 +62,7 @@ def set_flat_params(model: nnx.Module, flat: Mapping[str, np.ndarray]) -> nnx.Mo
     """Load flat parameters into ``model`` in place, after a strict key/shape check."""
     state = nnx.state(model, nnx.Param)
     _check_flat({".".join(str(p) for p in path): tuple(var.get_value().shape)
-                 for path, var in state.flat_state()}, flat)
+                 for path, var in nnx.to_flat_state(state)}, flat)
     nnx.replace_by_pure_dict(state, _nest(flat))
     nnx.update(model, state)
     return model
@@ -72,7 +72,7 @@ def set_flat_params(model: nnx.Module, flat: Mapping[str, np.ndarray]) -> nnx.Mo
 def _abstract(arch: Arch):
     """(graphdef, abstract param state, {flat key: shape}) of ``arch``: traced once per architecture."""
     graphdef, state = nnx.split(build_abstract(arch))
-    shapes = {".".join(str(p) for p in path): tuple(var.get_value().shape) for path, var in state.flat_state()}
+    shapes = {".".join(str(p) for p in path): tuple(var.get_value().shape) for path, var in nnx.to_flat_state(state)}
     return graphdef, state, shapes
 
 

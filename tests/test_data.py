@@ -1,0 +1,142 @@
+"""Tests for prfdn_jax.data: crops, degradations, determinism, skipping bad images, iterator state."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from prfdn_jax import data, imaging
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hr")
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate([(64, 80), (72, 60), (96, 96)]):
+        base = rng.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8)  # smooth-ish content
+        img = np.kron(base, np.ones((8, 8, 1), np.uint8))
+        imaging.write_image(d / f"img{i}.png", img)
+    return d
+
+
+def _take(it, n):
+    return [next(it) for _ in range(n)]
+
+
+def test_batches_shapes_pairs_and_determinism(folder):
+    kw = dict(scale=2, patch=48, batch=3, seed=1)
+    a = _take(data.make_iterator([folder], **kw), 4)
+    b = _take(data.make_iterator([folder], **kw), 4)
+    c = _take(data.make_iterator([folder], **{**kw, "seed": 2}), 4)
+    assert a[0]["hr"].shape == (3, 48, 48, 3) and a[0]["lr"].shape == (3, 24, 24, 3)
+    assert a[0]["hr"].dtype == np.uint8 and a[0]["lr"].dtype == np.uint8
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x["hr"], y["hr"])
+        np.testing.assert_array_equal(x["lr"], y["lr"])
+    assert any(not np.array_equal(x["hr"], y["hr"]) for x, y in zip(a, c))
+    # LR is MATLAB bicubic of the (augmented) HR crop
+    for hr, lr in zip(a[1]["hr"], a[1]["lr"]):
+        np.testing.assert_array_equal(lr, imaging.downscale(hr, 2, "matlab"))
+
+
+def _found_in(img, crop) -> bool:
+    p = crop.shape[0]
+    h, w = img.shape[0] - p + 1, img.shape[1] - p + 1
+    if h < 1 or w < 1:
+        return False
+    corners = (img[:h, :w] == crop[0, 0]).all(-1) & (img[p - 1:, p - 1:] == crop[-1, -1]).all(-1)
+    return any(np.array_equal(img[y:y + p, x:x + p], crop) for y, x in np.argwhere(corners))
+
+
+def test_crops_come_from_the_images_with_flips_and_rotations(folder):
+    imgs = [imaging.read_image(p).rgb for p in imaging.list_images(folder)]
+    it = data.make_iterator([folder], scale=3, patch=48, batch=4, seed=0)
+    orientations = set()
+    for b in _take(it, 5):
+        for hr in b["hr"]:
+            hits = [(k, flip) for k in range(4) for flip in (False, True)
+                    if any(_found_in(img, (lambda c: c[:, ::-1] if flip else c)(np.rot90(hr, -k))) for img in imgs)]
+            assert hits, "a crop that is in no image"
+            orientations.add(hits[0])
+    assert len(orientations) > 1  # flips / rotations happen
+
+
+def test_ntire_degradation(folder):
+    b = next(data.make_iterator([folder], scale=2, patch=48, batch=2, degradation="ntire", seed=0))
+    for hr, lr in zip(b["hr"], b["lr"]):
+        np.testing.assert_array_equal(lr, imaging.ntire_degrade(hr, 2))
+
+
+def test_corrupt_and_small_images_are_skipped_with_a_warning(folder, tmp_path):
+    for p in imaging.list_images(folder):
+        (tmp_path / p.name).write_bytes(p.read_bytes())
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    good = (tmp_path / "img0.png").read_bytes()
+    (tmp_path / "truncated.png").write_bytes(good[: len(good) // 2])
+    imaging.write_image(tmp_path / "tiny.png", np.zeros((20, 30, 3), np.uint8))
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        paths, _ = data.scan_images([tmp_path], min_size=48)
+    msgs = [str(x.message) for x in w]
+    assert any("broken.png" in m and "unreadable" in m for m in msgs), msgs
+    assert any("truncated.png" in m for m in msgs), msgs
+    assert any("tiny.png" in m and "smaller" in m for m in msgs), msgs
+    assert sorted(p.name for p in paths) == ["img0.png", "img1.png", "img2.png"]
+    # the dataset trains on the rest
+    with pytest.warns(UserWarning, match="broken.png"):
+        b = next(data.make_iterator([tmp_path], scale=2, patch=48, batch=2))
+    assert b["hr"].shape == (2, 48, 48, 3)
+
+
+@pytest.mark.filterwarnings("ignore:skipping image")
+def test_errors(folder, tmp_path):
+    with pytest.raises(data.DataError, match="no such folder"):
+        data.make_iterator([tmp_path / "missing"], scale=2, patch=48, batch=2)
+    with pytest.raises(data.DataError, match="no usable training image"):
+        data.make_iterator([folder], scale=2, patch=200, batch=2)
+    with pytest.raises(data.DataError, match="multiple of the scale"):
+        data.make_iterator([folder], scale=3, patch=50, batch=2)
+    with pytest.raises(data.DataError, match="below 15"):
+        data.make_iterator([folder], scale=2, patch=28, batch=2)
+    with pytest.raises(data.DataError, match="degradation"):
+        data.make_iterator([folder], scale=2, patch=48, batch=2, degradation="jpeg")
+
+
+def test_iterator_state_resumes_exactly(folder):
+    it = data.make_iterator([folder], scale=2, patch=48, batch=2, seed=3)
+    _take(it, 5)
+    state = it.get_state()
+    nxt = _take(it, 3)
+    it2 = data.make_iterator([folder], scale=2, patch=48, batch=2, seed=3)
+    it2.set_state(state)
+    for x, y in zip(nxt, _take(it2, 3)):
+        np.testing.assert_array_equal(x["lr"], y["lr"])
+
+
+def test_process_shards_split_the_stream(folder):
+    full = np.concatenate([b["hr"] for b in _take(data.make_iterator([folder], scale=2, patch=48, batch=1), 6)])
+    s0 = np.concatenate([b["hr"] for b in _take(data.make_iterator([folder], scale=2, patch=48, batch=1,
+                                                                   shard=(0, 2)), 3)])
+    s1 = np.concatenate([b["hr"] for b in _take(data.make_iterator([folder], scale=2, patch=48, batch=1,
+                                                                   shard=(1, 2)), 3)])
+    np.testing.assert_array_equal(s0, full[0::2])
+    np.testing.assert_array_equal(s1, full[1::2])
+
+
+def test_worker_processes_give_the_same_batches(folder):
+    ref = _take(data.make_iterator([folder], scale=2, patch=48, batch=2, seed=5), 4)
+    it = data.make_iterator([folder], scale=2, patch=48, batch=2, seed=5, workers=1)
+    try:
+        got = _take(it, 4)
+    finally:
+        it.close()
+    for x, y in zip(ref, got):
+        np.testing.assert_array_equal(x["hr"], y["hr"])
+        np.testing.assert_array_equal(x["lr"], y["lr"])
+
+
+def test_shared_path_honours_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("PRFDN_SHARED", str(tmp_path))
+    assert data.shared_path("data", "Set5") == tmp_path / "data" / "Set5"
