@@ -209,7 +209,8 @@ def plot_psnr_vs_gmac(rows: list[dict], set_names: list[str], path: Path) -> Non
         ax.legend()
     ax.set(xlabel="GMAC at a 1920x1080 input", ylabel="PSNR-Y (dB)", title="PSNR against GMAC across stages")
     ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=100)
+    ax.margins(x=0.15, y=0.1)  # room for the stage labels at the edges
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
 
