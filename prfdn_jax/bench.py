@@ -124,7 +124,7 @@ def main(argv=None) -> int:
         base = next(r for r in rows if r["impl"] == "grouped")
         print(f"apply paths, {args.layout} nf={args.nf}, {args.batch}x{args.size}x{args.size}x3 -> x2, "
               f"{dev}, median of {args.repeats}")
-        print(f"| path | forward ms | vs grouped | fwd+bwd ms | vs grouped |\n|---|---|---|---|---|")
+        print("| path | forward ms | vs grouped | fwd+bwd ms | vs grouped |\n|---|---|---|---|---|")
         for r in rows:
             print(f"| {r['impl']} | {r['forward_ms']:.1f} | {r['forward_ms'] / base['forward_ms']:.2f} | "
                   f"{r['fwd_bwd_ms']:.1f} | {r['fwd_bwd_ms'] / base['fwd_bwd_ms']:.2f} |")

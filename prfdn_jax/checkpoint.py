@@ -8,7 +8,6 @@ Our model file is a ``.safetensors`` file (no pickle) whose tensors are the flat
 from __future__ import annotations
 
 import functools
-import json
 import os
 import tempfile
 from collections.abc import Mapping
@@ -186,12 +185,3 @@ def load_any(path: str | os.PathLike) -> nnx.Module:
         return load_model_file(p)
     return load_torch(p)
 
-
-def describe(model: nnx.Module) -> dict:
-    arch = model.arch
-    n = sum(int(v.size) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
-    return {"form": arch.form, "layout": arch.layout, "scale": arch.scale, "params": n}
-
-
-__all__ = ["WeightsError", "flat_params", "set_flat_params", "save_model", "load_model_file", "load_torch",
-           "load_any", "read_torch_state_dict", "model_from_flat", "describe", "json"]

@@ -238,6 +238,19 @@ def cmd_reparam(args) -> int:
     return 0
 
 
+def _finetune_callback(args):
+    """``f(model, step) -> model``: finetune for ``--finetune-steps`` on ``--data`` between pruning steps."""
+    from prfdn_jax.train import finetune, load_config
+
+    config = load_config(args.config)
+    return lambda m, step: finetune(m, config, args.data, args.finetune_steps)
+
+
+def _val_callback(val_dir: Path):
+    """``f(model) -> PSNR-Y`` on a validation folder with ``HR/``."""
+    return lambda m: evaluate(m, val_dir, m.arch.scale, progress=False)["psnr_y"]
+
+
 def cmd_prune(args) -> int:
     from prfdn_jax.checkpoint import load_any, save_model
     from prfdn_jax.macs import params as params_of
@@ -252,30 +265,19 @@ def cmd_prune(args) -> int:
     # pruning of a wide network first densifies its block-diagonal convs (N times the parameters).
     uniform = args.uniform or (not args.free and model.arch.form != "merged")
     print(f"mode: {'uniform (every branch the same width; stays a wide grouped network)' if uniform else 'free (any width per layer; dense merged layout)'}")
-    finetune = val = None
-    if args.finetune_steps:
-        if not args.data:
-            raise CLIError("--finetune-steps needs --data DIR with training images")
-        from prfdn_jax.train import finetune as _finetune, load_config
-
-        config = load_config(args.config)
-
-        def finetune(m, step):
-            return _finetune(m, config, args.data, args.finetune_steps)
-    if args.val:
-        val_dir = Path(args.val)
-
-        def val(m):
-            return evaluate(m, val_dir, m.arch.scale, progress=False)["psnr_y"]
+    if args.finetune_steps and not args.data:
+        raise CLIError("--finetune-steps needs --data DIR with training images")
+    finetune_fn = _finetune_callback(args) if args.finetune_steps else None
+    val_fn = _val_callback(Path(args.val)) if args.val else None
     pruned, history = prune_model(model, ratio=args.ratio, steps=args.steps, uniform=uniform,
-                                  importance=args.importance, finetune=finetune, val=val)
+                                  importance=args.importance, finetune=finetune_fn, val=val_fn)
     print(f"{'step':>4} {'params':>10} {'GMAC@1080p':>11} {'PSNR-Y':>8}")
     for h in history:
         p = h.get("psnr")
         print(f"{h['step']:>4} {h['params']:>10,} {h['gmac_1080p']:>11.2f} {'-' if p is None else format(p, '.3f'):>8}")
     n0, n1 = params_of(model), history[-1]["params"]
     print(f"parameters {n0:,} -> {n1:,} ({100 * (n1 - n0) / n0:+.1f}% against {args.src})")
-    if not finetune:
+    if not finetune_fn:
         print("note: pruned without finetuning (no --finetune-steps/--data): quality is not recovered")
     save_model(args.dst, pruned)
     print(f"wrote {args.dst} ({pruned.arch.form})")

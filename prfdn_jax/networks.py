@@ -381,6 +381,3 @@ def build_abstract(arch: Arch) -> nnx.Module:
     check_widths(arch)
     return nnx.eval_shape(lambda: _construct(arch, nnx.Rngs(0)))
 
-
-def count_params(model: nnx.Module) -> int:
-    return sum(int(v.size) for v in __import__("jax").tree.leaves(nnx.state(model, nnx.Param)))

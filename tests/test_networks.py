@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from conftest import random_image, shared_path
 from helpers_torch import jax_forward, max_rel, torch_forward, torch_module
-from prfdn_jax.blocks import pixel_shuffle, rfdb_widths
+from prfdn_jax.blocks import pixel_shuffle
 from prfdn_jax.networks import LAYOUTS, Arch, build, check_widths, default_arch
 
 IMPLS = ("vmap", "sequential", "grouped", "loop", "dense")

@@ -72,10 +72,6 @@ def test_tiny_pipeline_writes_models_report_and_plot(three_stages):
 
 
 def test_prune_stage(three_stages, tiny, set14, capsys):
-    try:
-        import prfdn_jax.prune  # noqa: F401
-    except Exception as e:  # another engineer's module, possibly not there yet
-        pytest.skip(f"prfdn_jax.prune is not importable yet ({type(e).__name__}: {e}); prune stage untested")
     wd, _ = three_stages
     c = tiny.replace(finetune=tiny.finetune.replace(steps=1))
     report = pipeline.run_pipeline(c, [set14], wd)

@@ -339,11 +339,9 @@ def test_mac_counter(name, hw, params, conv, total):
 @pytest.mark.slow
 def test_prune_with_real_finetune_loss_goes_down(tmp_path):
     """A few real crops: after each pruning step, prfdn_jax.train.finetune lowers the L1 loss."""
-    try:
-        from prfdn_jax.train import TrainConfig, finetune
-    except ImportError as e:
-        pytest.skip(f"prfdn_jax.train.finetune not importable yet ({e})")
     from PIL import Image
+
+    from prfdn_jax.train import TrainConfig, finetune
 
     t91 = SHARED / "data" / "train" / "T91"
     set5 = SHARED / "data" / "Set5"
