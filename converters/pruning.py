@@ -61,6 +61,18 @@ _ELEMENTWISE_OK = re.compile(
     r"^(Add|Mul|Sigmoid|LeakyRelu|Relu|MaxPool2DWithIndices|UpsampleBilinear2D|PixelShuffle)Backward\d*$")
 
 
+def check_prune_args(ratio: float, steps: int, importance: str, calib) -> None:
+    """Raise :class:`PruningError` for a ratio outside [0, 1), steps < 1, or an unusable importance."""
+    if importance not in IMPORTANCES:
+        raise PruningError(f"unknown importance {importance!r}; choose from {', '.join(IMPORTANCES)}")
+    if not 0.0 <= ratio < 1.0:
+        raise PruningError(f"ratio must be in [0, 1), got {ratio}")
+    if int(steps) < 1:
+        raise PruningError(f"steps must be >= 1, got {steps}")
+    if importance == "taylor" and calib is None:
+        raise PruningError("taylor importance needs calibration data (calib=(lr, hr) arrays)")
+
+
 class PruningError(ValueError):
     """Pruning cannot proceed or produced an inconsistent network (one-line message)."""
 
@@ -292,12 +304,7 @@ class TorchPruner:
 
         if not isinstance(module, (MergedNet, WideNet)):
             raise PruningError(f"can prune a MergedNet or a WideNet, not {type(module).__name__}")
-        if not 0.0 <= ratio < 1.0:
-            raise PruningError(f"ratio must be in [0, 1), got {ratio}")
-        if int(steps) < 1:
-            raise PruningError(f"steps must be >= 1, got {steps}")
-        if importance == "taylor" and calib is None:
-            raise PruningError("taylor importance needs calibration data (calib=(lr, hr) arrays)")
+        check_prune_args(ratio, steps, importance, calib)
         self.module = module.eval()
         self.uniform = isinstance(module, WideNet)
         self.steps, self.ratio, self.importance_name = int(steps), float(ratio), importance

@@ -34,8 +34,8 @@ import numpy as np
 
 from prfdn_jax import data as data_lib
 from prfdn_jax import imaging
-from prfdn_jax.checkpoint import WeightsError, load_model_file, save_model
-from prfdn_jax.train import ConfigError, OneLineParser, TrainConfig, TrainingDiverged, load_config
+from prfdn_jax.checkpoint import load_model_file, save_model
+from prfdn_jax.train import ConfigError, OneLineParser, TrainConfig, load_config, run_cli
 
 STAGES = ("rfdn", "branch", "reparam", "prune")
 
@@ -354,20 +354,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = p.parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2)
         return int(e.code or 0)
-    try:
+
+    def body():
         config = load_config(args.config)
         if not isinstance(config, PipelineConfig):
             raise ConfigError(f"{args.config}: not a pipeline config (use prfdn_jax.train for a TrainConfig)")
         if args.stages:
             config = config.replace(stages=tuple(args.stages))
         run_pipeline(config, args.data, args.workdir, val_dirs=args.val)
-    except (ConfigError, data_lib.DataError, WeightsError, imaging.ImageError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

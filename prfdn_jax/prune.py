@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from flax import nnx
 
-from converters.pruning import (IMPORTANCES, PruningError, TorchPruner, from_torch, to_torch,
+from converters.pruning import (IMPORTANCES, PruningError, TorchPruner, check_prune_args, from_torch, to_torch,
                                 torch_state_dict)
 from prfdn_jax import macs
 from prfdn_jax.reparam import wide_to_merged
@@ -59,14 +59,7 @@ def prune_model(model: nnx.Module, *, ratio: float, steps: int, uniform: bool = 
     """
     import torch
 
-    if importance not in IMPORTANCES:
-        raise PruningError(f"unknown importance {importance!r}; choose from {', '.join(IMPORTANCES)}")
-    if not 0.0 <= ratio < 1.0:
-        raise PruningError(f"ratio must be in [0, 1), got {ratio}")
-    if int(steps) < 1:
-        raise PruningError(f"steps must be >= 1, got {steps}")
-    if importance == "taylor" and calib is None:
-        raise PruningError("taylor importance needs calibration data (calib=(lr, hr) arrays)")
+    check_prune_args(ratio, steps, importance, calib)
     arch = model.arch
     if arch.layout == "rfdn":  # one branch: free and uniform pruning are the same thing
         if arch.form == "merged":

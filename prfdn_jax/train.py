@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -812,7 +812,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2)
         return int(e.code or 0)
-    try:
+
+    def body():
         config = load_config(args.config)
         if not isinstance(config, TrainConfig):
             stages = getattr(config, "train_stages", ())
@@ -824,6 +825,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.init:
             config = config.replace(init_weights=args.init)
         train(config, args.workdir, data_dirs=args.data, steps=args.steps, val_dirs=args.val)
+
+    return run_cli(body)
+
+
+def run_cli(body: Callable[[], object]) -> int:
+    """Run a command's body: user errors -> one line on stderr, exit 2; divergence -> 1; Ctrl-C -> 130."""
+    try:
+        body()
     except (ConfigError, data_lib.DataError, WeightsError, imaging.ImageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

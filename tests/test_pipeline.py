@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -11,18 +10,8 @@ from prfdn_jax import pipeline
 from prfdn_jax.checkpoint import load_model_file
 from prfdn_jax.train import load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, shared_path  # noqa: E402
 X2 = str(ROOT / "experiments" / "prfdn_x2.py")
-
-
-def shared_path(*parts) -> Path:
-    """A path under ../shared (or $PRFDN_SHARED); the test is skipped when it is not there."""
-    from prfdn_jax.data import shared_path as _shared
-
-    p = _shared(*parts)
-    if not p.exists():
-        pytest.skip(f"shared data not found: {p} (set PRFDN_SHARED)")
-    return p
 
 
 @pytest.fixture(scope="module")

@@ -20,18 +20,8 @@ import pytest
 from prfdn_jax import train
 from prfdn_jax.checkpoint import WeightsError, flat_params, load_any
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, shared_path  # noqa: E402
 SMOKE = str(ROOT / "experiments" / "smoke_x2.py")
-
-
-def shared_path(*parts) -> Path:
-    """A path under ../shared (or $PRFDN_SHARED); the test is skipped when it is not there."""
-    from prfdn_jax.data import shared_path as _shared
-
-    p = _shared(*parts)
-    if not p.exists():
-        pytest.skip(f"shared data not found: {p} (set PRFDN_SHARED)")
-    return p
 
 
 @pytest.fixture(scope="module")
