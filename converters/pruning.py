@@ -51,9 +51,9 @@ import torch
 from torch import nn
 
 from converters.state_dict import arch_from_state_dict, flat_params_from_state_dict, state_dict_from_flat_params
-from converters.torch_modules import MergedNet, WideNet
+from converters.torch_modules import MERGED_LAYOUTS, MergedNet, WideNet
 from prfdn_jax.checkpoint import flat_params, model_from_flat
-from prfdn_jax.networks import Arch
+from prfdn_jax.spec import Arch, c5_columns, groupcat_perm
 
 IMPORTANCES = ("magnitude", "l1", "l2", "taylor", "random")
 # Element-wise autograd ops the reference networks use; anything else in the traced graph is refused.
@@ -93,26 +93,6 @@ def _block_prefixes(arch: Arch) -> list[tuple[str, int]]:
     return out + [(f"stages.{d}", arch.branches) for d in range(arch.depth)]
 
 
-def _c5_columns(w: Mapping[str, tuple[int, int]], prefix: str, g: int, branch: int) -> list[int]:
-    """Columns of the dense wide ``c5`` (tensor-major concat) that belong to ``branch``."""
-    steps = sum(1 for k in w if re.fullmatch(re.escape(prefix) + r"\.c\d+_d", k))
-    widths = [w[f"{prefix}.c{i}_d"][1] for i in range(1, steps + 1)] + [w[f"{prefix}.c4"][1]]
-    cols, off = [], 0
-    for wt in widths:
-        cols.extend(range(g * off + branch * wt, g * off + (branch + 1) * wt))
-        off += wt
-    return cols
-
-
-def _c_perm(arch: Arch) -> np.ndarray:
-    """Torch column (plain concat of stage outputs) of each JAX row (branch-major) of ``c``."""
-    n = arch.branches
-    ws = [arch.w[f"stages.{d}.c5"][1] for d in range(arch.depth)]
-    offs = np.cumsum([0] + ws)
-    perm = [n * offs[d] + b * ws[d] + j for b in range(n) for d in range(len(ws)) for j in range(ws[d])]
-    return np.asarray(perm)
-
-
 def wide_state_dict(flat: Mapping[str, np.ndarray], arch: Arch) -> dict[str, np.ndarray]:
     """Flat prfdn-jax parameters of a branch/wide net -> state dict of the torch :class:`WideNet`."""
     if arch.form == "merged":
@@ -129,14 +109,15 @@ def wide_state_dict(flat: Mapping[str, np.ndarray], arch: Arch) -> dict[str, np.
                 cin, cout = w[name]
                 dense = np.zeros((g * cout, g * cin) + k.shape[1:3], np.float32)
                 for b in range(g):
-                    dense[b * cout:(b + 1) * cout, _c5_columns(w, prefix, g, b)] = _oihw(k[b])
+                    dense[b * cout:(b + 1) * cout, c5_columns(w, prefix + ".", g, b)] = _oihw(k[b])
                 sd[name + ".weight"] = dense
             else:
                 sd[name + ".weight"] = np.concatenate([_oihw(k[b]) for b in range(g)], axis=0)
             sd[name + ".bias"] = bias.reshape(-1)
+    # c: torch column (plain concat of stage outputs) of each JAX row (branch-major)
     ck = _oihw(flat["c.kernel"])
     c = np.zeros_like(ck)
-    c[:, _c_perm(arch)] = ck
+    c[:, groupcat_perm([w[f"stages.{d}.c5"][1] for d in range(arch.depth)], arch.branches)] = ck
     sd["c.weight"], sd["c.bias"] = c, np.asarray(flat["c.bias"])
     sd["LR_conv.weight"], sd["LR_conv.bias"] = _oihw(flat["LR_conv.kernel"]), np.asarray(flat["LR_conv.bias"])
     sd["upsampler.0.weight"] = _oihw(flat["upsampler.kernel"])
@@ -161,7 +142,7 @@ def flat_from_wide_state_dict(sd: Mapping[str, object], arch: Arch) -> dict[str,
                 mask = np.zeros(weight.shape[:2], bool)
                 ks = []
                 for b in range(g):
-                    cols = _c5_columns(w, prefix, g, b)
+                    cols = c5_columns(w, prefix + ".", g, b)
                     mask[b * cout:(b + 1) * cout, cols] = True
                     ks.append(_hwio(weight[b * cout:(b + 1) * cout][:, cols]))
                 off = np.abs(weight[~mask]).max() if (~mask).any() else 0.0
@@ -172,7 +153,7 @@ def flat_from_wide_state_dict(sd: Mapping[str, object], arch: Arch) -> dict[str,
                 ks = [_hwio(weight[b * cout:(b + 1) * cout]) for b in range(g)]
             flat[name + ".kernel"] = np.stack(ks)
             flat[name + ".bias"] = bias.reshape(g, cout)
-    flat["c.kernel"] = _hwio(sd["c.weight"][:, _c_perm(arch)])
+    flat["c.kernel"] = _hwio(sd["c.weight"][:, groupcat_perm([w[f"stages.{d}.c5"][1] for d in range(arch.depth)], n)])
     flat["c.bias"] = sd["c.bias"]
     flat["LR_conv.kernel"], flat["LR_conv.bias"] = _hwio(sd["LR_conv.weight"]), sd["LR_conv.bias"]
     flat["upsampler.kernel"], flat["upsampler.bias"] = _hwio(sd["upsampler.0.weight"]), sd["upsampler.0.bias"]
@@ -199,8 +180,9 @@ def to_torch(model) -> nn.Module:
     """
     arch = model.arch
     if arch.form == "merged":
-        if arch.layout not in ("b4s", "b2s", "b2"):
-            raise PruningError(f"no PyTorch merged layout for {arch.layout!r} (merged b4s, b2s, b2 only)")
+        if arch.layout not in MERGED_LAYOUTS:
+            raise PruningError(f"no PyTorch merged layout for {arch.layout!r} "
+                               f"(merged {', '.join(MERGED_LAYOUTS)} only)")
         return MergedNet.from_state_dict(torch_state_dict(model))
     net = WideNet(arch.w, arch.layout, arch.scale)
     net.load_state_dict(torch_state_dict(model), strict=True)

@@ -1,16 +1,15 @@
 """Building blocks of RFDN/PRFDN: Conv, ESA, RFDB and SRFDB. Activations are NHWC.
 
-Every block is defined once, with its widths as data: a mapping ``{conv name: (cin, cout)}``.
-The same code serves four forms of a network:
+Every block is defined once, with its widths as data (``{conv name: (cin, cout)}``) and its conv
+geometry from :mod:`prfdn_jax.spec`. The same code serves four forms of a network:
 
 * plain (RFDN, merged/pruned PRFDN): kernels are ``(k, k, cin, cout)``;
-* branch: a stack of N identical blocks made with ``nnx.vmap``; every kernel has a leading branch
-  axis ``(N, k, k, cin, cout)`` and the block is applied under ``nnx.vmap`` (activations ``(N, B, H, W, C)``),
-  where each conv again sees a plain 4-D kernel;
+* branch: a stack of N identical blocks; every kernel has a leading branch axis
+  ``(N, k, k, cin, cout)``; under ``jax.vmap`` (activations ``(N, B, H, W, C)``) each conv again sees
+  a plain 4-D kernel;
 * wide (re-parametrized): the *same* stacked parameters applied to branch-major activations
-  ``(B, H, W, N*C)``; each conv is then one conv over all branches, computed by one of three exact
-  paths (``WIDE_IMPLS``): ``grouped`` (``feature_group_count=N``), ``loop`` (one conv per branch) or
-  ``dense`` (a block-diagonal ``N*cin -> N*cout`` kernel).
+  ``(B, H, W, N*C)``; each conv is then one conv over all branches, computed by the apply path set on
+  the conv (:mod:`prfdn_jax.impls`: ``grouped``, ``loop`` or ``dense``; None = the backend's default).
 
 Multiply-accumulates are counted while tracing when a :func:`count_macs` context is active.
 """
@@ -20,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
-import re
 from collections.abc import Mapping
 
 import jax
@@ -28,23 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-WIDE_IMPLS = ("grouped", "loop", "dense")
-LRELU_SLOPE = 0.05
-
-# conv name (last path component) -> (kernel size, stride, padding)
-_GEOMETRY = {
-    "c_d": (1, 1, 0), "c_r": (3, 1, 1), "c4": (3, 1, 1), "cat_p": (1, 1, 0), "c5": (1, 1, 0),
-    "conv1": (1, 1, 0), "conv_f": (1, 1, 0), "conv_max": (3, 1, 1), "conv2": (3, 2, 0),
-    "conv3": (3, 1, 1), "conv3_": (3, 1, 1), "conv4": (1, 1, 0),
-}
-ESA_CONVS = ("conv1", "conv_f", "conv_max", "conv2", "conv3", "conv3_", "conv4")
-
-
-def geometry(name: str) -> tuple[int, int, int]:
-    """(kernel, stride, padding) of a block conv by name, e.g. ``c2_r`` or ``esa.conv2``."""
-    leaf = re.sub(r"^c\d+_", "c_", name.split(".")[-1])
-    return _GEOMETRY[leaf]
-
+from prfdn_jax.impls import WIDE_IMPLS, check_impl, default_impl
+from prfdn_jax.spec import ESA_CONVS, LRELU_SLOPE, block_steps, geometry
 
 # ----------------------------------------------------------------------------- MAC counting
 _MACS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("prfdn_macs", default=None)
@@ -152,6 +135,7 @@ class Conv(nnx.Module):
         self.bias = nnx.Param(_torch_uniform(rngs.params(), (cout,), fan_in))
         self.stride = stride
         self.padding = (k - 1) // 2 if padding is None else padding
+        self.impl: str | None = None  # wide apply path; None: the backend's default (set_impl sets it)
 
     @property
     def branches(self) -> int:
@@ -163,13 +147,14 @@ class Conv(nnx.Module):
         kh, kw = k.shape[-4], k.shape[-3]
         _add_macs("conv", kh * kw * groups_total_in * math.prod(y.shape))
 
-    def __call__(self, x, impl: str = "grouped"):
+    def __call__(self, x):
         k, b = self.kernel[...], self.bias[...]
-        if k.ndim == 4:
-            y = conv2d(x, k, b, self.stride, self.padding)
-            self._count(y, k, k.shape[2])
+        if k.ndim == 4 or k.shape[0] == 1:  # plain, or a one-branch stack: every path is this conv
+            y = conv2d(x, k.reshape(k.shape[-4:]), b.reshape(-1), self.stride, self.padding)
+            self._count(y, k, k.shape[-2])
             return y
         n = k.shape[0]
+        impl = self.impl or default_impl()
         if impl == "grouped":
             y = conv2d(x, fold_grouped(k), b.reshape(-1), self.stride, self.padding, groups=n)
         elif impl == "loop":
@@ -179,7 +164,8 @@ class Conv(nnx.Module):
         elif impl == "dense":
             y = conv2d(x, block_diagonal(k), b.reshape(-1), self.stride, self.padding)
         else:
-            raise ValueError(f"unknown wide apply path {impl!r}; choose from {WIDE_IMPLS}")
+            check_impl(impl, WIDE_IMPLS)
+            raise ValueError(f"apply path {impl!r} is not a conv path; choose from {', '.join(WIDE_IMPLS)}")
         self._count(y, k, k.shape[3])  # per-group input channels: Cin/groups
         return y
 
@@ -194,6 +180,7 @@ class Conv(nnx.Module):
 
 
 def _make_convs(module: nnx.Module, widths: Mapping[str, tuple[int, int]], names, rngs):
+    """One :class:`Conv` per name, its geometry from the spec."""
     for name in names:
         k, stride, pad = geometry(name)
         cin, cout = widths[name]
@@ -209,16 +196,16 @@ class ESA(nnx.Module):
     def __init__(self, widths: Mapping[str, tuple[int, int]], *, rngs: nnx.Rngs):
         _make_convs(self, widths, ESA_CONVS, rngs)
 
-    def __call__(self, x, impl: str = "grouped"):
-        c1_ = self.conv1(x, impl)
-        c1 = self.conv2(c1_, impl)
+    def __call__(self, x):
+        c1_ = self.conv1(x)
+        c1 = self.conv2(c1_)
         v = jax.lax.reduce_window(c1, -jnp.inf, jax.lax.max, (1, 7, 7, 1), (1, 3, 3, 1), "VALID")
-        v = relu(self.conv_max(v, impl))
-        c3 = relu(self.conv3(v, impl))
-        c3 = self.conv3_(c3, impl)
+        v = relu(self.conv_max(v))
+        c3 = relu(self.conv3(v))
+        c3 = self.conv3_(c3)
         c3 = jax.image.resize(c3, (*x.shape[:3], c3.shape[-1]), "bilinear", antialias=False)
-        cf = self.conv_f(c1_, impl)
-        return x * jax.nn.sigmoid(self.conv4(c3 + cf, impl))
+        cf = self.conv_f(c1_)
+        return x * jax.nn.sigmoid(self.conv4(c3 + cf))
 
 
 class RFDB(nnx.Module):
@@ -230,7 +217,7 @@ class RFDB(nnx.Module):
     """
 
     def __init__(self, widths: Mapping[str, tuple[int, int]], *, rngs: nnx.Rngs):
-        self.steps = sum(1 for k in widths if re.fullmatch(r"c\d+_r", k))
+        self.steps = block_steps(widths)
         names = [f"c{i}_{t}" for i in range(1, self.steps + 1) for t in ("d", "r")] + ["c4", "c5"]
         if "cat_p" in widths:
             names.append("cat_p")
@@ -239,39 +226,20 @@ class RFDB(nnx.Module):
             self.cat_p = None
         self.esa = ESA({k[4:]: v for k, v in widths.items() if k.startswith("esa.")}, rngs=rngs)
 
-    def __call__(self, x, impl: str = "grouped"):
+    def __call__(self, x):
         distilled, r = [], x
         for i in range(1, self.steps + 1):
-            distilled.append(act(getattr(self, f"c{i}_d")(r, impl)))
-            r = act(getattr(self, f"c{i}_r")(r, impl) + r)
-        distilled.append(act(self.c4(r, impl)))
+            distilled.append(act(getattr(self, f"c{i}_d")(r)))
+            r = act(getattr(self, f"c{i}_r")(r) + r)
+        distilled.append(act(self.c4(r)))
         y = cat(distilled, groups=self.c5.branches)
         if self.cat_p is not None:
-            y = self.cat_p(y, impl)
-        return self.esa(self.c5(y, impl), impl)
+            y = self.cat_p(y)
+        return self.esa(self.c5(y))
 
 
 class SRFDB(RFDB):
-    """The PRFDN team's small RFDB (class RFDBS): one distillation step. Widths from :func:`rfdb_widths`."""
-
-
-def rfdb_widths(n: int, steps: int = 3, *, cat_p: bool = False, dc: int | None = None,
-                f: int | None = None) -> dict[str, tuple[int, int]]:
-    """Standard widths of an RFDB (steps=3) or SRFDB (steps=1) on n channels: dc = n//2, f = n//4."""
-    dc = n // 2 if dc is None else dc
-    f = n // 4 if f is None else f
-    w: dict[str, tuple[int, int]] = {}
-    for i in range(1, steps + 1):
-        w[f"c{i}_d"] = (n, dc)
-        w[f"c{i}_r"] = (n, n)
-    w["c4"] = (n, dc)
-    cat_w = (steps + 1) * dc
-    if cat_p:
-        w["cat_p"] = (cat_w, cat_w)
-    w["c5"] = (cat_w, n)
-    w.update({"esa.conv1": (n, f), "esa.conv_f": (f, f), "esa.conv_max": (f, f), "esa.conv2": (f, f),
-              "esa.conv3": (f, f), "esa.conv3_": (f, f), "esa.conv4": (f, n)})
-    return w
+    """The PRFDN team's small RFDB (class RFDBS): one distillation step (``spec.rfdb_widths(n, 1)``)."""
 
 
 def stacked(n: int, factory, rngs: nnx.Rngs):
@@ -285,14 +253,14 @@ def stacked(n: int, factory, rngs: nnx.Rngs):
     return nnx.merge(graphdef, jax.tree.map(lambda *a: jnp.stack(a), *states))
 
 
-def apply_stacked(module: nnx.Module, xs, *args):
+def apply_stacked(module: nnx.Module, xs):
     """Apply a stacked module with ``jax.vmap`` over its branch axis.
 
     params ``(N, ...)``, activations ``(N, B, H, W, C)``. Split/merge (rather than ``nnx.vmap`` on the
     module) keeps this usable inside plain ``jax.jit`` closures over the model.
     """
     graphdef, state = nnx.split(module)
-    return jax.vmap(lambda s, x: nnx.merge(graphdef, s)(x, *args))(state, xs)
+    return jax.vmap(lambda s, x: nnx.merge(graphdef, s)(x))(state, xs)
 
 
 def branch_slice(module: nnx.Module, i: int) -> nnx.Module:

@@ -14,16 +14,20 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-MIN_SIZE = 15  # ESA's valid 3x3 stride-2 conv and 7x7 max-pool need at least 15x15 pixels
+from prfdn_jax.networks import with_impl
+from prfdn_jax.spec import MIN_SIZE
 
 
 def make_apply(model: nnx.Module, impl: str | None = None) -> Callable[[np.ndarray], np.ndarray]:
-    """``f(x)``: ``(B, H, W, 3)`` float [0, 255] -> ``(B, sH, sW, 3)`` float, jitted per shape."""
-    graphdef, state = nnx.split(model)
+    """``f(x)``: ``(B, H, W, 3)`` float [0, 255] -> ``(B, sH, sW, 3)`` float, jitted per shape.
+
+    ``impl``: the apply path (default: the one set on ``model``, else the backend's).
+    """
+    graphdef, state = nnx.split(with_impl(model, impl) if impl else model)
 
     @jax.jit
     def f(state, x):
-        return nnx.merge(graphdef, state)(x, impl)
+        return nnx.merge(graphdef, state)(x)
 
     return lambda x: f(state, jnp.asarray(x, jnp.float32))
 

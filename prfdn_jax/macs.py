@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from prfdn_jax.blocks import count_macs
+from prfdn_jax.networks import with_impl
 
 # The benchmark's input size per scale (NTIRE 2023 RTSR: x2 1920x1080, x3 1280x720 -> 4K out).
 BENCH_INPUT = {2: (1080, 1920), 3: (720, 1280), 4: (540, 960)}
@@ -25,9 +26,9 @@ def params(model: nnx.Module) -> int:
 def macs(model: nnx.Module, height: int = 1080, width: int = 1920) -> dict[str, int]:
     """``{'conv', 'act', 'total'}`` MACs of one forward pass on a ``height x width`` input."""
     x = jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32)
-    impl = "grouped" if model.arch.form != "merged" else None
+    view = with_impl(model, "grouped")  # any wide path counts the same; not vmap (it hides the branches)
     with count_macs() as counts:
-        jax.eval_shape(lambda x: model(x, impl), x)
+        jax.eval_shape(view, x)
     return {**counts, "total": counts["conv"] + counts["act"]}
 
 

@@ -18,33 +18,9 @@ import numpy as np
 from flax import nnx
 
 from prfdn_jax.checkpoint import flat_params, model_from_flat
-from prfdn_jax.networks import LAYOUTS, Arch, BranchNet, WideNet, default_arch
-
-
-def _block_diag(k: np.ndarray) -> np.ndarray:
-    """``(N, kh, kw, ci, co)`` -> block-diagonal ``(kh, kw, N*ci, N*co)``."""
-    n, kh, kw, ci, co = k.shape
-    out = np.zeros((kh, kw, n * ci, n * co), k.dtype)
-    for i in range(n):
-        out[:, :, i * ci:(i + 1) * ci, i * co:(i + 1) * co] = k[i]
-    return out
-
-
-def _select(cin: int, rows) -> np.ndarray:
-    """1x1 kernel that outputs input channels ``rows`` in order: ``(1, 1, cin, len(rows))``."""
-    k = np.zeros((1, 1, cin, len(rows)), np.float32)
-    k[0, 0, list(rows), np.arange(len(rows))] = 1.0
-    return k
-
-
-def _groupcat_perm(widths: list[int], n: int) -> list[int]:
-    """Source index (in a plain concat of tensors of ``n*w_i`` channels) of each branch-major channel."""
-    offsets = np.cumsum([0] + [n * w for w in widths])
-    order = []
-    for b in range(n):
-        for t, w in enumerate(widths):
-            order.extend(range(offsets[t] + b * w, offsets[t] + (b + 1) * w))
-    return order
+from prfdn_jax.networks import BranchNet, WideNet
+from prfdn_jax.spec import (LAYOUTS, Arch, block_diag, default_arch, distilled_names, groupcat_perm, merged_widths,
+                            selector)
 
 
 def branch_from_rfdn(rfdn: BranchNet, layout: str) -> BranchNet:
@@ -65,7 +41,7 @@ def branch_from_rfdn(rfdn: BranchNet, layout: str) -> BranchNet:
     ra = rfdn.arch
     if ra.layout != "rfdn" or ra.form == "merged":
         raise ValueError("branch_from_rfdn needs an RFDN")
-    n, s = LAYOUTS[layout]
+    n, s, _ = LAYOUTS[layout]
     if layout == "rfdn" or ra.depth != 4:
         raise ValueError(f"branch_from_rfdn maps a 4-block RFDN onto b4s/b2s/b2, not {layout!r}/{ra.depth} blocks")
     arch = default_arch(layout, nf=ra.nf, scale=ra.scale)
@@ -116,30 +92,29 @@ def wide_to_merged(wide: BranchNet) -> nnx.Module:
         dst[name + ".kernel"], dst[name + ".bias"] = kernel.astype(np.float32), bias.astype(np.float32)
         widths[name] = (kernel.shape[2], kernel.shape[3])
 
-    put("fea", _block_diag(src["fea.kernel"]), src["fea.bias"].reshape(-1))
+    put("fea", block_diag(src["fea.kernel"]), src["fea.bias"].reshape(-1))
     if s:
-        put("split_left", _select(n * nf, range((n - s) * nf)), np.zeros((n - s) * nf))
-        put("split_right", _select(n * nf, range((n - s) * nf, n * nf)), np.zeros(s * nf))
+        put("split_left", selector(n * nf, range((n - s) * nf)), np.zeros((n - s) * nf))
+        put("split_right", selector(n * nf, range((n - s) * nf, n * nf)), np.zeros(s * nf))
     blocks = [("srfdb", s)] if s else []
     blocks += [(f"stages.{d}", n) for d in range(d_)]
     for part, nb in blocks:
         names = [k[len(part) + 1:-len(".kernel")] for k in src if k.startswith(part + ".") and k.endswith(".kernel")]
         for sub in names:
-            put(f"{part}.{sub}", _block_diag(src[f"{part}.{sub}.kernel"]), src[f"{part}.{sub}.bias"].reshape(-1))
+            put(f"{part}.{sub}", block_diag(src[f"{part}.{sub}.kernel"]), src[f"{part}.{sub}.bias"].reshape(-1))
         if nb > 1:  # tensor-major concat [d1.., d2.., r4..] -> per-branch [d1_i, d2_i, .., r4_i]
-            parts = sorted(k for k in names if k.endswith("_d")) + ["c4"]
+            parts = distilled_names(sum(1 for k in names if k.endswith("_r")))
             ws = [src[f"{part}.{p}.kernel"].shape[-1] for p in parts]
             cin = nb * sum(ws)
-            put(f"{part}.cat_p", _select(cin, _groupcat_perm(ws, nb)), np.zeros(cin))
+            put(f"{part}.cat_p", selector(cin, groupcat_perm(ws, nb)), np.zeros(cin))
     if d_ > 1 and n > 1:  # plain concat of stage outputs -> branch-major [b0s0, b0s1, b1s0, ...]
         ws = [src[f"stages.{d}.c5.kernel"].shape[-1] for d in range(d_)]
         cin = n * sum(ws)
-        put("cat_p", _select(cin, _groupcat_perm(ws, n)), np.zeros(cin))
+        put("cat_p", selector(cin, groupcat_perm(ws, n)), np.zeros(cin))
     for k in ("c", "LR_conv"):
         put(k, src[f"{k}.kernel"], src[f"{k}.bias"])
-    put("split", _select(n * nf, range(nf)), np.zeros(nf))
+    put("split", selector(n * nf, range(nf)), np.zeros(nf))
     put("upsampler", src["upsampler.kernel"], src["upsampler.bias"])
-    order = ["fea", "split_left", "split_right"]
-    ordered = {k: widths[k] for k in order if k in widths}
-    ordered.update({k: v for k, v in widths.items() if k not in ordered})
-    return model_from_flat(Arch.make("merged", a.layout, a.scale, ordered), dst)
+    if widths != merged_widths(a):
+        raise RuntimeError("wide_to_merged disagrees with spec.merged_widths")
+    return model_from_flat(Arch.make("merged", a.layout, a.scale, widths), dst)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import random_image, shared_path
-from converters.state_dict import (StateDictError, arch_from_state_dict, flat_params_from_state_dict,
+from converters.state_dict import (StateDictError, arch_from_state_dict, flat_params_from_state_dict, read_pth,
                                    state_dict_from_flat_params)
 from prfdn_jax.checkpoint import (WeightsError, flat_params, load_any, load_model_file, load_torch,
                                   model_from_flat, save_model)
@@ -101,6 +101,22 @@ def test_not_a_state_dict(tmp_path):
         load_torch(tmp_path / "text.pth")
 
 
+def test_read_pth(tmp_path):
+    path = shared_path("weights", "prfdn_x2_pruned.pth")
+    sd, ref = read_pth(path), torch.load(path, weights_only=True)
+    assert list(sd) == list(ref) and all(np.array_equal(sd[k], ref[k].numpy()) for k in ref)
+    wrapped = {"state_dict": {"module.a.weight": torch.ones(2, 3, dtype=torch.float64)}}
+    got = read_pth(_save(tmp_path, wrapped))
+    assert list(got) == ["a.weight"] and got["a.weight"].dtype == np.float32
+    for bad in ([1, 2, 3], {}, {"a": 1}):
+        with pytest.raises(StateDictError, match=r"bad.pth: not a PyTorch state dict \(expected a dict of tensors\)$"):
+            read_pth(_save(tmp_path, bad))
+    (tmp_path / "text.pth").write_text("hello")
+    with pytest.raises(StateDictError, match=r"text.pth: not a loadable PyTorch state dict \(.+\)$") as e:
+        read_pth(tmp_path / "text.pth")
+    assert "\n" not in str(e.value)
+
+
 class _Evil:
     def __reduce__(self):
         return (exec, ("open('PWNED', 'w').write('x')",))
@@ -113,6 +129,8 @@ def test_loading_never_executes_pickled_code(tmp_path, monkeypatch):
         pickle.dump({"fea_conv.weight": _Evil()}, f)
     with pytest.raises(WeightsError):
         load_any(p)
+    with pytest.raises(StateDictError, match="not a loadable"):
+        read_pth(p)
     assert not (tmp_path / "PWNED").exists()
 
 

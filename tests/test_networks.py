@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from conftest import random_image, shared_path
 from helpers_torch import jax_forward, max_rel, torch_forward, torch_module
 from prfdn_jax.blocks import pixel_shuffle
-from prfdn_jax.networks import LAYOUTS, Arch, build, check_widths, default_arch
+from prfdn_jax.networks import build
+from prfdn_jax.spec import LAYOUTS, Arch, check_widths, default_arch
 
 IMPLS = ("vmap", "sequential", "grouped", "loop", "dense")
 
@@ -37,7 +38,7 @@ def _block(rng, p: str, n_in: int, steps: int, cat_p: bool, n_out: int | None = 
 def random_merged_arch(seed: int, layout: str, scale: int) -> Arch:
     rng = np.random.default_rng(seed)
     r = lambda lo=3, hi=10: int(rng.integers(lo, hi))  # noqa: E731
-    n, s = LAYOUTS[layout]
+    n, s, _ = LAYOUTS[layout]
     depth = {"b4s": 1, "b2s": 2, "b2": 2}[layout]
     w = {"fea": (3 * n, r())}
     f_w = w["fea"][1]
@@ -68,7 +69,7 @@ def random_merged_arch(seed: int, layout: str, scale: int) -> Arch:
 def random_branch_arch(seed: int, layout: str, scale: int, form: str = "branch") -> Arch:
     """Uniformly pruned branch net: per-conv widths differ from the defaults, equal over branches."""
     rng = np.random.default_rng(seed)
-    n, s = LAYOUTS[layout]
+    n, s, _ = LAYOUTS[layout]
     nf = int(rng.integers(4, 10))
     depth = default_arch(layout).depth
     w = {"fea": (3, nf)}

@@ -341,7 +341,8 @@ def test_prune_with_real_finetune_loss_goes_down(tmp_path):
     """A few real crops: after each pruning step, prfdn_jax.train.finetune lowers the L1 loss."""
     from PIL import Image
 
-    from prfdn_jax.train import TrainConfig, finetune
+    from prfdn_jax.config import TrainConfig
+    from prfdn_jax.train import finetune
 
     t91 = SHARED / "data" / "train" / "T91"
     set5 = SHARED / "data" / "Set5"

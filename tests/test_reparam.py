@@ -6,7 +6,8 @@ import pytest
 from conftest import random_image, shared_path
 from helpers_torch import jax_forward, max_rel, torch_forward, torch_module
 from prfdn_jax.checkpoint import load_torch
-from prfdn_jax.networks import WideNet, build, default_arch
+from prfdn_jax.networks import WideNet, build
+from prfdn_jax.spec import default_arch
 from prfdn_jax.reparam import branch_from_rfdn, reparam, wide_to_merged
 from test_networks import random_branch_arch
 

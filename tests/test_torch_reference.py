@@ -289,11 +289,11 @@ def test_merged_width_errors():
     MergedNet(w, "b4s")  # consistent
     bad = dict(w)
     bad["split"] = (w["split"][0] + 1, w["split"][1])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"\bsplit\b"):  # the message names the conv (released name)
         MergedNet(bad, "b4s")
     bad = dict(w)
     bad["B1234.c2_r"] = (w["B1234.c2_r"][0], w["B1234.c2_r"][1] - 1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"B1234\.c2_r"):
         MergedNet(bad, "b4s")
     with pytest.raises(ValueError):
         MergedNet(w, "b4s", scale=3)
