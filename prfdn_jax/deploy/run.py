@@ -1,0 +1,105 @@
+"""Running a :class:`~prfdn_jax.deploy.graph.Program` in JAX: one jitted function, weights as constants.
+
+The weights are closed over (constants of the compiled program), so no call transposes or copies
+them. ``dtype`` is the compute dtype of the convs and elementwise ops; ops marked ``precise`` (the
+global residual and the last conv) run in float32 and the output is float32.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prfdn_jax.deploy.graph import Act, Add, Concat, Conv, MaxPool, Mul, PixelShuffle, Program, Resize, Slice
+from prfdn_jax.spec import LRELU_SLOPE
+
+DTYPES = {"float32": jnp.float32, "float16": jnp.float16, "bfloat16": jnp.bfloat16}
+
+
+def leaky_relu(x):
+    """LeakyReLU(0.05) as ``where(x > 0, x, 0.05 x)`` (the form GPU compilers fuse into a conv)."""
+    return jnp.where(x > 0, x, x * jnp.asarray(LRELU_SLOPE, x.dtype))
+
+
+def pixel_shuffle(x, r: int):
+    """PyTorch PixelShuffle in NHWC: ``(B, H, W, C*r*r) -> (B, H*r, W*r, C)``."""
+    b, h, w, c = x.shape
+    x = x.reshape(b, h, w, c // (r * r), r, r)
+    return x.transpose(0, 1, 4, 2, 5, 3).reshape(b, h * r, w * r, c // (r * r))
+
+
+def _conv(x, op: Conv, dtype, grouped: str):
+    dt = jnp.float32 if op.precise else dtype
+    x = x.astype(dt)
+    k = jnp.asarray(op.kernel, dt)
+    pad = ((op.pad, op.pad), (op.pad, op.pad))
+    dn = ("NHWC", "HWIO", "NHWC")
+    if op.groups > 1 and grouped == "loop":
+        g = op.groups
+        xs = jnp.split(x, g, axis=-1)
+        ks = jnp.split(k, g, axis=-1)
+        y = jnp.concatenate([jax.lax.conv_general_dilated(xi, ki, (op.stride,) * 2, pad, dimension_numbers=dn)
+                             for xi, ki in zip(xs, ks)], axis=-1)
+    else:
+        y = jax.lax.conv_general_dilated(x, k, (op.stride,) * 2, pad, dimension_numbers=dn,
+                                         feature_group_count=op.groups)
+    return y + jnp.asarray(op.bias, dt)
+
+
+def evaluate(prog: Program, x, dtype=jnp.float32, grouped: str = "grouped"):
+    """The program's output for ``x`` ``(B, H, W, 3)`` in [0, 255] (traceable; float32 result)."""
+    env = {prog.inp: x.astype(dtype)}
+    for op in prog.ops:
+        if isinstance(op, Conv):
+            v = _conv(env[op.src], op, dtype, grouped)
+        elif isinstance(op, Act):
+            s = env[op.src]
+            v = leaky_relu(s) if op.kind == "lrelu" else jax.nn.relu(s) if op.kind == "relu" else jax.nn.sigmoid(s)
+        elif isinstance(op, Add):
+            a, b = env[op.a], env[op.b]
+            if op.precise:
+                a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+            v = a + b.astype(a.dtype)
+        elif isinstance(op, Mul):
+            v = env[op.a] * env[op.b]
+        elif isinstance(op, Concat):
+            parts = [env[s] for s in op.srcs]
+            dt = jnp.result_type(*parts)
+            v = jnp.concatenate([p.astype(dt) for p in parts], axis=-1)
+        elif isinstance(op, Slice):
+            v = env[op.src][..., op.start:op.stop]
+        elif isinstance(op, MaxPool):
+            s = env[op.src]
+            v = jax.lax.reduce_window(s, jnp.asarray(-jnp.inf, s.dtype), jax.lax.max, (1, op.window, op.window, 1),
+                                      (1, op.stride, op.stride, 1), "VALID")
+        elif isinstance(op, Resize):
+            s, like = env[op.src], env[op.like]
+            v = jax.image.resize(s, (*like.shape[:3], s.shape[-1]), "bilinear", antialias=False)
+        elif isinstance(op, PixelShuffle):
+            v = pixel_shuffle(env[op.src], op.r)
+        else:  # pragma: no cover - every op kind is handled above
+            raise TypeError(f"unknown op {op!r}")
+        env[op.out] = v
+    return env[prog.out].astype(jnp.float32)
+
+
+def compile_program(prog: Program, dtype: str = "float32", grouped: str = "grouped"):
+    """``f(x)``: jitted program, ``(B, H, W, 3)`` float in [0, 255] -> float32 SR (compiled per shape)."""
+    dt = DTYPES[dtype]
+    frozen = prog.copy()
+
+    @jax.jit
+    def f(x):
+        return evaluate(frozen, x, dt, grouped)
+
+    return f
+
+
+def as_numpy_program(prog: Program) -> Program:
+    """The same program with every weight as a contiguous float32 NumPy array."""
+    p = prog.copy()
+    for op in p.convs():
+        op.kernel = np.ascontiguousarray(op.kernel, np.float32)
+        op.bias = np.ascontiguousarray(op.bias, np.float32)
+    return p

@@ -1,0 +1,129 @@
+"""The deploy compiler: every rewrite on its own, and deploy() on released and random networks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import random_image, shared_path
+from prfdn_jax.checkpoint import flat_params, load_torch, model_from_flat
+from prfdn_jax.deploy import deploy, lower_model, passes
+from prfdn_jax.deploy.graph import Conv
+from prfdn_jax.deploy.run import compile_program
+from prfdn_jax.inference import make_apply
+from prfdn_jax.networks import build
+from prfdn_jax.reparam import wide_to_merged
+from prfdn_jax.spec import default_arch
+from test_networks import random_branch_arch, random_merged_arch
+
+REWRITES = {
+    "fold_input_copies": passes.fold_input_copies,
+    "esa_conv4_first": passes.esa_conv4_first,
+    "fold_pointwise": passes.fold_pointwise,
+    "drop_dead_channels": lambda p: passes.drop_dead_channels(passes.fold_pointwise(p)),
+    "merge_siblings": lambda p: passes.merge_siblings(p, mix_kernels=False),
+    "merge_siblings_mixed": lambda p: passes.merge_siblings(p, mix_kernels=True),
+    "residual_identity": passes.residual_identity,
+    "regroup": passes.regroup,
+    "standard": passes.standard,
+    "standard_mixed": lambda p: passes.standard(p, mix_kernels=True),
+}
+
+
+def _noisy(model, seed):
+    """The same network with every parameter perturbed (selectors become general learned 1x1 convs)."""
+    rng = np.random.default_rng(seed)
+    flat = {k: v + rng.normal(0, 0.05, v.shape).astype(np.float32) for k, v in flat_params(model).items()}
+    return model_from_flat(model.arch, flat)
+
+
+def _networks():
+    """(name, network) at random widths: freely pruned merged nets, uniformly pruned wide nets, RFDN."""
+    nets = []
+    for i, layout in enumerate(("b4s", "b2s", "b2")):
+        nets.append((f"merged-{layout}", build(random_merged_arch(10 + i, layout, 2 + i % 2))))
+        wide = build(random_branch_arch(20 + i, layout, 2, form="wide"))
+        nets.append((f"wide-{layout}", wide))
+        nets.append((f"wide-merged-noisy-{layout}", _noisy(wide_to_merged(wide), i)))
+    nets.append(("rfdn", build(default_arch("rfdn", nf=8, scale=3, n_blocks=2))))
+    return nets
+
+
+NETWORKS = _networks()
+
+
+def _rel(a, b) -> float:
+    return float(np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(np.asarray(b)).max())
+
+
+@pytest.mark.parametrize("rewrite", sorted(REWRITES))
+@pytest.mark.parametrize("name,net", NETWORKS, ids=[n for n, _ in NETWORKS])
+def test_each_rewrite_is_exact(rewrite, name, net):
+    prog = lower_model(net)
+    x = random_image(23, 19, seed=1)
+    ref = np.asarray(make_apply(net)(x))
+    np.testing.assert_allclose(np.asarray(compile_program(prog)(x)), ref, rtol=0, atol=1e-4 * np.abs(ref).max())
+    out = REWRITES[rewrite](prog)
+    assert _rel(compile_program(out, grouped="loop")(x), ref) < 1e-4
+
+
+def test_rewrites_do_what_they_say():
+    net = NETWORKS[0][1]  # merged b4s
+    prog = lower_model(net)
+    std = passes.standard(prog)
+    first = next(op for op in std.convs() if op.src == "x")
+    assert first.kernel.shape[2] == 3  # input copies folded
+    assert not any(op.out.startswith(("split_left", "split_right")) and isinstance(op, Conv) for op in std.ops)
+    assert not any(isinstance(op, Conv) and op.out.endswith("cat_p") for op in std.ops)  # cat_p into c5
+    assert len(std.convs()) < len(prog.convs()) and len(std.ops) < len(prog.ops)
+    # residual adds inside RFDBs became identity taps
+    assert sum(1 for op in std.ops if type(op).__name__ == "Add") < sum(1 for op in prog.ops if type(op).__name__ == "Add")
+    # ESA conv4 runs at the pooled resolution: one conv reads a conv3_ output directly
+    widths = {op.out: op.cout for op in std.convs()}
+    ups = [op for op in std.ops if type(op).__name__ == "Resize"]
+    assert ups and all(op.out.endswith("conv4.up") and op.src in widths for op in ups)
+
+
+def test_regroup_finds_the_branches():
+    wide = build(random_branch_arch(3, "b4s", 2, form="wide"))
+    grouped = passes.regroup(lower_model(wide))
+    assert any(op.groups == 4 for op in grouped.convs()) and any(op.groups == 3 for op in grouped.convs())
+
+
+@pytest.mark.parametrize("name,net", NETWORKS, ids=[n for n, _ in NETWORKS])
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+def test_deploy_matches_the_network(name, net, backend):
+    x = random_image(31, 26, seed=2, batch=2)
+    ref = make_apply(net)(x)
+    assert _rel(deploy(net, backend)(x), ref) < 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ckpt", ["prfdn_x2_pruned", "prfdn_x3_pruned", "rfdn_aim_x4", "rfdnb4s_branch_x4",
+                                  "rfdnb2_branch_x4"])
+def test_deploy_released_checkpoints(ckpt):
+    net = load_torch(shared_path("weights", f"{ckpt}.pth"))
+    x = random_image(48, 40, seed=3)
+    ref = make_apply(net)(x)
+    for backend in ("cpu", "gpu"):
+        assert _rel(deploy(net, backend)(x), ref) < 1e-4, backend
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["prfdn-x2", "prfdn-x3", "rfdn-x4"])
+def test_deployed_upscale_equals_network_upscale_on_set5(name):
+    from prfdn_jax import registry
+    from prfdn_jax.imaging import list_images, read_image
+    from prfdn_jax.inference import to_uint8
+
+    net = registry.load(name)
+    s = net.arch.scale
+    ref_apply, dep = make_apply(net), deploy(net)
+    same = total = 0
+    for p in list_images(shared_path("data", "Set5", "LR_bicubic", f"X{s}")):
+        lr = read_image(p).rgb.astype(np.float32)[None]
+        a, b = to_uint8(ref_apply(lr)), to_uint8(dep(lr))
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 2
+        same += int((a == b).sum())
+        total += a.size
+    assert same / total >= 0.999, same / total
