@@ -8,8 +8,7 @@ merged network to about the released model's size, finetuning at lr 1e-6 after e
 """
 
 from prfdn_jax.data import shared_path
-from prfdn_jax.pipeline import PipelineConfig
-from prfdn_jax.train import TrainConfig
+from prfdn_jax.config import PipelineConfig, TrainConfig
 
 TRAIN_DIRS = tuple(str(shared_path("data", "train", d)) for d in ("T91", "BSD200", "General100", "BSDS500_test200"))
 VAL_DIRS = (str(shared_path("data", "Set5", "HR")),)

@@ -2,12 +2,12 @@
 
 Pruning: ratio 0.88 of the merged channels keeps ~1.4 % of its 2.2 M parameters; the release has 29,851. The stages are in experiments/prfdn_recipe.py.
 
-    python -m prfdn_jax.pipeline experiments/prfdn_x2.py --data <HR dirs> --workdir runs/prfdn_x2
-    python -m prfdn_jax.pipeline experiments/prfdn_x2.py:tiny ...     # CPU smoke (seconds per stage)
+    prfdn pipeline experiments/prfdn_x2.py --data <HR dirs> --workdir runs/prfdn_x2
+    prfdn pipeline experiments/prfdn_x2.py:tiny ...     # CPU smoke (seconds per stage)
 """
 
 from experiments.prfdn_recipe import recipe, shrink
-from prfdn_jax.pipeline import PipelineConfig
+from prfdn_jax.config import PipelineConfig
 
 
 def get_config() -> PipelineConfig:

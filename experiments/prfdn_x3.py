@@ -2,12 +2,12 @@
 
 Pruning: ratio 0.75 of the merged channels keeps ~6 % of its 0.98 M parameters; the release has 62,905. The stages are in experiments/prfdn_recipe.py.
 
-    python -m prfdn_jax.pipeline experiments/prfdn_x3.py --data <HR dirs> --workdir runs/prfdn_x3
-    python -m prfdn_jax.pipeline experiments/prfdn_x3.py:tiny ...     # CPU smoke (seconds per stage)
+    prfdn pipeline experiments/prfdn_x3.py --data <HR dirs> --workdir runs/prfdn_x3
+    prfdn pipeline experiments/prfdn_x3.py:tiny ...     # CPU smoke (seconds per stage)
 """
 
 from experiments.prfdn_recipe import recipe, shrink
-from prfdn_jax.pipeline import PipelineConfig
+from prfdn_jax.config import PipelineConfig
 
 
 def get_config() -> PipelineConfig:

@@ -1,10 +1,10 @@
 """Smoke config: a tiny x2 RFDN (nf=8, one RFDB) that trains in seconds on a CPU.
 
-    python -m prfdn_jax.train experiments/smoke_x2.py --workdir runs/smoke --steps 20
+    prfdn train experiments.smoke_x2 --workdir runs/smoke --steps 20
 """
 
 from prfdn_jax.data import shared_path
-from prfdn_jax.train import TrainConfig
+from prfdn_jax.config import TrainConfig
 
 
 def get_config() -> TrainConfig:

@@ -3,6 +3,10 @@
 Our model file is a ``.safetensors`` file (no pickle) whose tensors are the flat Flax parameters
 (``'stages.0.c1_d.kernel'``: HWIO, stacked layers with a leading branch axis) and whose metadata holds
 ``{"format": "prfdn-jax", "arch": <Arch JSON>, ...}``. ``load_any`` opens every kind of weights a user has.
+
+A training workdir holds ``arch.json`` and orbax checkpoints ``checkpoints/<step>/{model,opt,data}``
+(:func:`workdir_manager`); parameter and optimizer trees are stored packed, one flat vector per dtype
+(:func:`pack`, :func:`unpack`). Reading a ``.pth`` needs PyTorch (the ``torch`` extra).
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from prfdn_jax.networks import Arch, build_abstract
+from prfdn_jax.extras import require_torch
+from prfdn_jax.networks import build_abstract
+from prfdn_jax.spec import Arch, StateDictError, arch_from_state_dict
 
 FORMAT = "prfdn-jax"
 
@@ -141,27 +147,15 @@ def load_model_file(path: str | os.PathLike) -> nnx.Module:
         raise WeightsError(f"{path}: {e}") from None
 
 
-def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """A ``.pth`` state dict as numpy arrays. ``weights_only=True``: never executes pickled code."""
-    import torch
+def load_torch(path: str | os.PathLike, form: str | None = None) -> nnx.Module:
+    """A released-style PyTorch ``.pth`` state dict (needs the ``torch`` extra), architecture detected."""
+    require_torch(f"reading {path} (a PyTorch checkpoint)")
+    from converters.state_dict import flat_params_from_state_dict, read_pth
 
     try:
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - weights_only unpickling fails in many ways; all mean "not loadable"
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"{path}: not a loadable PyTorch state dict ({msg})") from None
-    for wrap in ("params", "state_dict", "model"):
-        if isinstance(sd, dict) and isinstance(sd.get(wrap), dict):
-            sd = sd[wrap]
-    if not isinstance(sd, Mapping) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise WeightsError(f"{path}: not a PyTorch state dict (expected a dict of tensors)")
-    return {k.removeprefix("module."): v.detach().float().numpy() for k, v in sd.items()}
-
-
-def load_torch(path: str | os.PathLike, form: str | None = None) -> nnx.Module:
-    from converters.state_dict import StateDictError, arch_from_state_dict, flat_params_from_state_dict
-
-    sd = read_torch_state_dict(path)
+        sd = read_pth(path)
+    except StateDictError as e:
+        raise WeightsError(str(e)) from None
     try:
         arch = arch_from_state_dict(sd, form)
         return model_from_flat(arch, flat_params_from_state_dict(sd, arch))
@@ -175,8 +169,6 @@ def load_any(path: str | os.PathLike) -> nnx.Module:
     if not p.exists():
         raise WeightsError(f"{p}: no such file or directory")
     if p.is_dir():
-        from prfdn_jax.train import load_workdir_model
-
         return load_workdir_model(p)
     with open(p, "rb") as fh:
         head = fh.read(8)
@@ -185,3 +177,91 @@ def load_any(path: str | os.PathLike) -> nnx.Module:
         return load_model_file(p)
     return load_torch(p)
 
+
+
+# ----------------------------------------------------------------------------- training workdirs
+WORKDIR_ITEMS = ("model", "opt", "data")  # parameters, optimizer state, data iterator state
+
+
+def workdir_manager(workdir: str | os.PathLike, keep: int = 3):
+    """The orbax ``CheckpointManager`` of ``workdir/checkpoints`` (created if missing)."""
+    import orbax.checkpoint as ocp
+
+    return ocp.CheckpointManager(Path(workdir).resolve() / "checkpoints",
+                                 options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+                                 item_names=WORKDIR_ITEMS)
+
+
+def host(x) -> np.ndarray:
+    """A (possibly multi-process, replicated) array as a numpy array."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.asarray(x.addressable_data(0))  # replicated: every process holds all of it
+    return np.asarray(x)
+
+
+def host_tree(tree):
+    return jax.tree.map(host, tree)
+
+
+def pack(tree) -> dict[str, np.ndarray]:
+    """A pytree as one flat host vector per dtype (``{'float32': (n,), 'int32': (m,)}``), leaf order.
+
+    Checkpoints hold packed trees: orbax's cost is per array, and these nets have hundreds of tiny ones.
+    """
+    groups: dict[str, list[np.ndarray]] = {}
+    for leaf in jax.tree.leaves(tree):
+        a = host(leaf)
+        groups.setdefault(a.dtype.name, []).append(a.ravel())
+    return {k: np.concatenate(v) for k, v in groups.items()}
+
+
+def unpack(packed: dict[str, np.ndarray], template):
+    """Inverse of :func:`pack`: arrays shaped as ``template``'s leaves (arrays or ShapeDtypeStructs)."""
+    leaves, treedef = jax.tree.flatten(template)
+    offsets = dict.fromkeys(packed, 0)
+    out = []
+    for t in leaves:
+        name, n = np.dtype(t.dtype).name, int(np.prod(t.shape))
+        if name not in packed or offsets[name] + n > packed[name].size:
+            raise WeightsError(f"checkpoint does not fit the network (too few {name} values)")
+        out.append(np.asarray(packed[name][offsets[name]:offsets[name] + n]).reshape(t.shape))
+        offsets[name] += n
+    if any(offsets[k] != packed[k].size for k in packed):
+        raise WeightsError("checkpoint does not fit the network (values left over)")
+    return jax.tree.unflatten(treedef, out)
+
+
+def read_workdir_arch(path: str | os.PathLike) -> Arch:
+    p = Path(path)
+    f = p / "arch.json"
+    if not f.is_file():
+        raise WeightsError(f"{p}: not a training workdir (no arch.json)")
+    try:
+        return Arch.from_json(f.read_text())
+    except (ValueError, KeyError, TypeError) as e:
+        raise WeightsError(f"{f}: bad architecture file ({e})") from None
+
+
+def load_workdir_model(path: str | os.PathLike, step: int | None = None) -> nnx.Module:
+    """The network of a training workdir with the parameters of its latest (or ``step``) checkpoint."""
+    import orbax.checkpoint as ocp
+
+    p = Path(path)
+    arch = read_workdir_arch(p)
+    if not (p / "checkpoints").is_dir():
+        raise WeightsError(f"{p}: training workdir without checkpoints")
+    mngr = workdir_manager(p)
+    try:
+        step = mngr.latest_step() if step is None else step
+        if step is None:
+            raise WeightsError("training workdir without a finished checkpoint")
+        graphdef, params, rest = nnx.split(build_abstract(arch), nnx.Param, ...)
+        r = mngr.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore()))
+        params = unpack(r["model"], params)
+    except WeightsError as e:
+        raise WeightsError(f"{p}: {e}") from None
+    except Exception as e:
+        raise WeightsError(f"{p}: cannot restore checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    finally:
+        mngr.close()
+    return nnx.merge(graphdef, jax.tree.map(jnp.asarray, params), rest)

@@ -5,9 +5,9 @@ when the dataset is built: an unreadable image, or one smaller than the patch, i
 warning that names it. An example is a random HR crop of ``patch x patch`` pixels (a multiple of
 the scale), randomly flipped and rotated by a multiple of 90 degrees, and its LR made on the fly:
 
-* ``'matlab'`` (default): ``imaging.downscale(crop, s, 'matlab')``, MATLAB ``imresize`` bicubic, the
+* ``'matlab'`` (default): ``resize.downscale(crop, s, 'matlab')``, MATLAB ``imresize`` bicubic, the
   degradation of the classic benchmarks (Set5, Set14, DIV2K ``LR_bicubic``);
-* ``'ntire'``: ``imaging.ntire_degrade(crop, s)``, PIL bicubic + JPEG quality 90 (NTIRE 2023 RTSR).
+* ``'ntire'``: ``resize.ntire_degrade(crop, s)``, PIL bicubic + JPEG quality 90 (NTIRE 2023 RTSR).
 
 Batches are ``{'lr': (B, p/s, p/s, 3) uint8, 'hr': (B, p, p, 3) uint8}``. Everything random is a
 function of the seed and the example index (grain ``random_map``), so the stream is the same with
@@ -27,7 +27,7 @@ from pathlib import Path
 import grain
 import numpy as np
 
-from prfdn_jax import imaging
+from prfdn_jax import imaging, resize
 
 DEGRADATIONS = ("matlab", "ntire")
 
@@ -130,9 +130,9 @@ class CropPair:
             hr = np.rot90(hr, rot)
         hr = np.ascontiguousarray(hr)
         if self.degradation == "matlab":
-            lr = imaging.downscale(hr, s, "matlab")
+            lr = resize.downscale(hr, s, "matlab")
         else:
-            lr = imaging.ntire_degrade(hr, s)
+            lr = resize.ntire_degrade(hr, s)
         return {"lr": lr, "hr": hr}
 
 

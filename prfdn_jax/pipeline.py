@@ -16,70 +16,35 @@ stages resume from their own workdirs, so an interrupted pipeline can simply be 
 (``macs.summary``), PSNR-Y on Set5 / Set14 when present, and CPU latency; ``psnr_vs_gmac.png`` plots
 PSNR against GMAC across stages.
 
-CLI: ``python -m prfdn_jax.pipeline CONFIG --data DIR [DIR ...] --workdir W [--val DIR ...]``.
+The config is a :class:`prfdn_jax.config.PipelineConfig`; ``prfdn pipeline CONFIG --workdir W
+[--data DIR ...] [--val DIR ...] [--stages ...]`` is the command line. The prune stage needs PyTorch
+and Torch-Pruning (``pip install 'prfdn-jax[torch]'``); the others do not (unless a config starts
+from a ``.pth``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
-import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
+import jax
 import numpy as np
+from flax import nnx
 
 from prfdn_jax import data as data_lib
-from prfdn_jax import imaging
+from prfdn_jax import macs
+from prfdn_jax import reparam as rp
 from prfdn_jax.checkpoint import load_model_file, save_model
-from prfdn_jax.train import ConfigError, OneLineParser, TrainConfig, load_config, run_cli
+from prfdn_jax.config import STAGES, ConfigError, PipelineConfig, TrainConfig, load_config
+from prfdn_jax.evaluate import device_forward, evaluate, load_eval_set
+from prfdn_jax.extras import require_torch
+from prfdn_jax.prune import prune_model
+from prfdn_jax.train import finetune, init_model, run
 
-STAGES = ("rfdn", "branch", "reparam", "prune")
-
-
-@dataclasses.dataclass(frozen=True)
-class PipelineConfig:
-    """The four-stage recipe. Each training stage has its own :class:`TrainConfig`."""
-
-    scale: int
-    layout: str                       # branch layout: 'b4s' (x2 in PRFDN), 'b2s' (x3), 'b2'
-    rfdn: TrainConfig                 # stage 1 (layout 'rfdn', 4 blocks)
-    branch: TrainConfig               # stage 2: the branch net made from stage 1
-    finetune: TrainConfig             # stage 4: finetuning after each pruning step (steps per step)
-    prune_ratio: float = 0.5          # fraction of channels removed per dependency group
-    prune_steps: int = 4
-    prune_uniform: bool = False       # True: keep the branches uniform (stays 'wide')
-    prune_importance: str = "magnitude"
-    stages: tuple[str, ...] = STAGES
-    # report
-    eval_sets: tuple[tuple[str, str], ...] = (("Set5", "data/Set5"), ("Set14", "data/Set14"))  # under shared/
-    eval_limit: int = 0               # first N images per set (0: all)
-    eval_crop: int = 0                # centre-crop HR to this size (smoke runs only; 0: whole images)
-    latency_shape: tuple[int, int, int, int] = (1, 128, 128, 3)
-    latency_runs: int = 5
-
-    train_stages = ("rfdn", "branch", "finetune")
-
-    def replace(self, **kw) -> "PipelineConfig":
-        return dataclasses.replace(self, **kw)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "PipelineConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
-        kw = dict(d)
-        for k in cls.train_stages:
-            if isinstance(kw.get(k), dict):
-                kw[k] = TrainConfig(**{a: tuple(v) if isinstance(v, list) else v for a, v in kw[k].items()})
-        return cls(**kw)
+__all__ = ["STAGES", "PipelineConfig", "eval_set", "measure", "run_pipeline", "write_report", "plot_psnr_vs_gmac"]
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -87,45 +52,24 @@ def eval_set(name_dir: tuple[str, str], scale: int, limit: int = 0, crop: int = 
     """``[(name, lr, hr)]`` of a benchmark set folder (``<set>/HR``, ``<set>/LR_bicubic/X<s>`` if present).
 
     With ``crop`` the HR is centre-cropped to ``crop x crop`` and its LR made by MATLAB bicubic.
-    Returns None if the set is not there.
+    Returns None if the set is not there. A relative folder is under the shared data folder.
     """
-    from prfdn_jax.train import load_val_set
-
     _, rel = name_dir
     root = Path(rel) if os.path.isabs(rel) else data_lib.shared_path(rel)
-    hr_dir = root / "HR" if (root / "HR").is_dir() else root
-    if not hr_dir.is_dir():
+    if not root.is_dir():
         return None
-    lr_dir = root / "LR_bicubic" / f"X{scale}"
-    entry = (str(hr_dir), str(lr_dir)) if lr_dir.is_dir() and not crop else str(hr_dir)
-    items = load_val_set([entry], scale, limit)
-    if crop:
-        c = crop - crop % scale
-        out = []
-        for name, _, hr in items:
-            h, w = hr.shape[:2]
-            y, x = max((h - c) // 2, 0), max((w - c) // 2, 0)
-            hr_c = imaging.modcrop(hr[y:y + c, x:x + c], scale)
-            out.append((name, imaging.downscale(hr_c, scale, "matlab"), hr_c))
-        items = out
-    return items
+    return load_eval_set(root, scale, limit=limit, crop=crop)
 
 
 def measure(model, sets: dict, scale: int, latency_shape, runs: int) -> dict:
     """params, GMAC (1080p and the benchmark input), PSNR-Y per set, median CPU latency in ms."""
-    import jax
-    from flax import nnx
-
-    from prfdn_jax import macs
-    from prfdn_jax.train import device_forward, make_evaluator
-
     s = macs.summary(model, 1080, 1920)
     bh, bw = macs.BENCH_INPUT.get(scale, (1080, 1920))
     out = {"params": s["params"], "gmac_1080p": s["gmac"], "gmac_bench": macs.summary(model, bh, bw)["gmac"]}
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    evaluate = make_evaluator(graphdef, rest, None)
+    f = device_forward(graphdef, rest, params)
     for name, items in sets.items():
-        out[f"psnr_{name}"] = evaluate(params, items, scale) if items else None
+        out[f"psnr_{name}"] = evaluate(f, items, scale, with_ssim=False)["psnr_y"] if items else None
     # latency: the same jitted forward, on the CPU, median of `runs` after two warm-up passes
     cpu = jax.devices("cpu")[0]
     f = device_forward(graphdef, rest, params, device=cpu)
@@ -145,7 +89,7 @@ def measure(model, sets: dict, scale: int, latency_shape, runs: int) -> dict:
 def write_report(workdir: Path, config: PipelineConfig, rows: list[dict], set_names: list[str], notes: list[str],
                  history: list[dict] | None) -> Path:
     lat = "x".join(str(v) for v in config.latency_shape)
-    bh, bw = __import__("prfdn_jax.macs", fromlist=["BENCH_INPUT"]).BENCH_INPUT.get(config.scale, (1080, 1920))
+    bh, bw = macs.BENCH_INPUT.get(config.scale, (1080, 1920))
     bench_col = config.scale != 2
     head = ["stage", "network", "params", "GMAC (1920x1080 in)"]
     if bench_col:
@@ -226,9 +170,6 @@ def _stage_model(path: Path, make):
 
 def run_pipeline(config, data_dirs, workdir, val_dirs=None) -> Path:
     """Run the stages of ``config`` in ``workdir``; returns the path of ``report.md``."""
-    from prfdn_jax import reparam as rp
-    from prfdn_jax.train import finetune, init_model, run
-
     config = load_config(config)
     if not isinstance(config, PipelineConfig):
         raise ConfigError(f"the pipeline needs a PipelineConfig, got {type(config).__name__}")
@@ -237,6 +178,8 @@ def run_pipeline(config, data_dirs, workdir, val_dirs=None) -> Path:
         raise ConfigError(f"unknown stages {sorted(unknown)}; choose from {STAGES}")
     if config.rfdn.layout != "rfdn" or config.rfdn.scale != config.scale or config.rfdn.n_blocks != 4:
         raise ConfigError("config.rfdn must be a 4-block RFDN (layout 'rfdn') at the pipeline's scale")
+    if "prune" in config.stages and not (Path(workdir) / "4_pruned.safetensors").is_file():
+        require_torch("the pipeline's prune stage", pruning=True)  # before hours of training
     data_dirs = [str(d) for d in ([data_dirs] if isinstance(data_dirs, (str, os.PathLike)) else (data_dirs or []))]
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -288,8 +231,6 @@ def run_pipeline(config, data_dirs, workdir, val_dirs=None) -> Path:
         hist_path = workdir / "prune_history.json"
 
         def make_pruned():
-            from prfdn_jax.prune import prune_model
-
             ft_root = workdir / "prune"
             shutil.rmtree(ft_root, ignore_errors=True)  # an unfinished earlier attempt
             fc = stage_cfg(config.finetune)
@@ -328,10 +269,6 @@ def run_pipeline(config, data_dirs, workdir, val_dirs=None) -> Path:
 
 def _max_diff(a, b, shape) -> float:
     """Max |a(x) - b(x)| on a random input in [0, 255] (jitted forwards shared with the measurements)."""
-    from flax import nnx
-
-    from prfdn_jax.train import device_forward
-
     x = np.random.default_rng(0).uniform(0, 255, shape).astype(np.float32)
 
     def out(m):
@@ -339,34 +276,3 @@ def _max_diff(a, b, shape) -> float:
         return np.asarray(device_forward(graphdef, rest, params)(x))
 
     return float(np.max(np.abs(out(a) - out(b))))
-
-
-# ----------------------------------------------------------------------------- CLI
-def main(argv: Sequence[str] | None = None) -> int:
-    p = OneLineParser(prog="python -m prfdn_jax.pipeline",
-                      description="RFDN -> branch -> reparam -> prune, with report.md.")
-    p.add_argument("config", help="pipeline config file or module (path.py[:function])")
-    p.add_argument("--data", nargs="+", metavar="DIR", help="HR training image folders (default: the config's)")
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--val", nargs="+", metavar="DIR", help="HR validation folders for the training stages")
-    p.add_argument("--stages", nargs="+", choices=STAGES, help="stages to run (the stages they build on are run too, or reused from the workdir)")
-    try:
-        args = p.parse_args(argv)
-    except SystemExit as e:  # --help (0) or a usage error (2)
-        return int(e.code or 0)
-
-    def body():
-        config = load_config(args.config)
-        if not isinstance(config, PipelineConfig):
-            raise ConfigError(f"{args.config}: not a pipeline config (use prfdn_jax.train for a TrainConfig)")
-        if args.stages:
-            config = config.replace(stages=tuple(args.stages))
-        run_pipeline(config, args.data, args.workdir, val_dirs=args.val)
-
-    return run_cli(body)
-
-
-if __name__ == "__main__":
-    from prfdn_jax import pipeline as _pipeline
-
-    sys.exit(_pipeline.main())

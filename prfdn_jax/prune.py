@@ -15,6 +15,9 @@ architecture is read from the pruned tensor shapes (:func:`from_torch`). Two mod
   branch axis N). RFDN (one branch) is always pruned this way (free == uniform for one branch).
 
 Quality is not recovered by pruning alone: pass ``finetune`` (e.g. ``prfdn_jax.train.finetune``).
+
+Needs PyTorch and Torch-Pruning (``pip install 'prfdn-jax[torch]'``), imported when a network is
+pruned: importing this module does not import torch.
 """
 
 from __future__ import annotations
@@ -23,12 +26,21 @@ from collections.abc import Callable
 
 from flax import nnx
 
-from converters.pruning import (IMPORTANCES, PruningError, TorchPruner, check_prune_args, from_torch, to_torch,
-                                torch_state_dict)
 from prfdn_jax import macs
+from prfdn_jax.extras import require_torch
 from prfdn_jax.reparam import wide_to_merged
 
 __all__ = ["IMPORTANCES", "PruningError", "prune_model", "to_torch", "from_torch", "record"]
+_BRIDGE = ("IMPORTANCES", "PruningError", "to_torch", "from_torch")
+
+
+def __getattr__(name: str):
+    """The Torch-Pruning bridge's names (:mod:`converters.pruning`), imported on first use."""
+    if name in _BRIDGE:
+        import converters.pruning
+
+        return getattr(converters.pruning, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def record(step: int, model: nnx.Module, val: Callable | None = None, **extra) -> dict:
@@ -57,7 +69,8 @@ def prune_model(model: nnx.Module, *, ratio: float, steps: int, uniform: bool = 
     free mode), then one entry per step: ``{'step', 'ratio', 'params', 'gmac_1080p', 'gmac_conv_1080p',
     ['psnr']}``. The input model is not modified.
     """
-    import torch
+    torch = require_torch("pruning", pruning=True)
+    from converters.pruning import PruningError, TorchPruner, check_prune_args, from_torch, to_torch, torch_state_dict
 
     check_prune_args(ratio, steps, importance, calib)
     arch = model.arch

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from prfdn_jax import data, imaging
+from prfdn_jax import data, imaging, resize
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_batches_shapes_pairs_and_determinism(folder):
     assert any(not np.array_equal(x["hr"], y["hr"]) for x, y in zip(a, c))
     # LR is MATLAB bicubic of the (augmented) HR crop
     for hr, lr in zip(a[1]["hr"], a[1]["lr"]):
-        np.testing.assert_array_equal(lr, imaging.downscale(hr, 2, "matlab"))
+        np.testing.assert_array_equal(lr, resize.downscale(hr, 2, "matlab"))
 
 
 def _found_in(img, crop) -> bool:
@@ -66,7 +66,7 @@ def test_crops_come_from_the_images_with_flips_and_rotations(folder):
 def test_ntire_degradation(folder):
     b = next(data.make_iterator([folder], scale=2, patch=48, batch=2, degradation="ntire", seed=0))
     for hr, lr in zip(b["hr"], b["lr"]):
-        np.testing.assert_array_equal(lr, imaging.ntire_degrade(hr, 2))
+        np.testing.assert_array_equal(lr, resize.ntire_degrade(hr, 2))
 
 
 def test_corrupt_and_small_images_are_skipped_with_a_warning(folder, tmp_path):

@@ -12,17 +12,8 @@ from PIL import Image as PILImage
 from PIL import ImageFile
 
 from prfdn_jax import imaging
-from prfdn_jax.imaging import (
-    IMAGE_EXTENSIONS,
-    ImageError,
-    downscale,
-    imresize_matlab,
-    list_images,
-    modcrop,
-    ntire_degrade,
-    read_image,
-    write_image,
-)
+from prfdn_jax.imaging import IMAGE_EXTENSIONS, ImageError, list_images, read_image, write_image
+from prfdn_jax.resize import downscale, imresize_matlab, modcrop, ntire_degrade
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PRFDN_SHARED") or REPO.parent / "shared")

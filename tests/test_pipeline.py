@@ -8,7 +8,8 @@ import pytest
 
 from prfdn_jax import pipeline
 from prfdn_jax.checkpoint import load_model_file
-from prfdn_jax.train import load_config
+from prfdn_jax.cli import main
+from prfdn_jax.config import load_config
 
 from conftest import ROOT, shared_path  # noqa: E402
 X2 = str(ROOT / "experiments" / "prfdn_x2.py")
@@ -88,10 +89,17 @@ def test_x3_config_is_a_b2s_recipe():
 @pytest.mark.parametrize("argv, msg", [
     (["nope.py", "--workdir", "W"], "no such config file"),
     ([str(ROOT / "experiments" / "smoke_x2.py"), "--workdir", "W"], "not a pipeline config"),
-    ([X2], "--workdir"),
 ])
 def test_cli_bad_input(argv, msg, tmp_path, capsys):
     argv = [str(tmp_path / "w") if a == "W" else a for a in argv]
-    assert pipeline.main(argv) == 2
+    assert main(["pipeline", *argv]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error:") and err.count("\n") == 1 and msg in err, err
+    assert err.startswith("prfdn: error: ") and err.count("\n") == 1 and msg in err, err
+
+
+@pytest.mark.parametrize("argv, msg", [([X2], "--workdir"), ([X2, "--workdir", "W", "--stages", "nope"], "nope")])
+def test_cli_usage_error_is_exit_2(argv, msg, tmp_path, capsys):
+    argv = [str(tmp_path / "w") if a == "W" else a for a in argv]
+    assert main(["pipeline", *argv]) == 2
+    err = capsys.readouterr().err
+    assert "prfdn pipeline: error:" in err and msg in err and "Traceback" not in err, err

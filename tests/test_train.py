@@ -1,4 +1,4 @@
-"""Tests for prfdn_jax.train: exact resume (also after SIGKILL), data parallelism, NaN stop, workdirs, CLI.
+"""Tests for prfdn_jax.train: exact resume (also after SIGKILL), data parallelism, NaN stop, workdirs, `prfdn train`.
 
 The tiny smoke config (experiments/smoke_x2.py) compiles one train step per process and runs in this
 process share it (train's jit cache); compiling dominates the run time on a CPU.
@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 
 from prfdn_jax import train
-from prfdn_jax.checkpoint import WeightsError, flat_params, load_any
+from prfdn_jax.checkpoint import WeightsError, flat_params, load_any, load_workdir_model, workdir_manager
+from prfdn_jax.cli import main
+from prfdn_jax.config import ConfigError, TrainConfig, load_config, override
 
 from conftest import ROOT, shared_path  # noqa: E402
 SMOKE = str(ROOT / "experiments" / "smoke_x2.py")
@@ -36,7 +38,7 @@ def set5():
 
 @pytest.fixture(scope="module")
 def cfg():
-    return train.load_config(SMOKE)
+    return load_config(SMOKE)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,7 @@ def runs(tmp_path_factory, cfg, set14, set5):
 
 
 def _params(workdir):
-    return flat_params(train.load_workdir_model(workdir))
+    return flat_params(load_workdir_model(workdir))
 
 
 def _assert_same_params(a, b):
@@ -94,17 +96,17 @@ def test_load_workdir_model_and_load_any(runs, tmp_path):
     assert m.arch.to_json() == (a / "arch.json").read_text()
     _assert_same_params(flat_params(m), _params(a))
     with pytest.raises(WeightsError, match="not a training workdir"):
-        train.load_workdir_model(tmp_path)
+        load_workdir_model(tmp_path)
     (tmp_path / "arch.json").write_text((a / "arch.json").read_text())
     with pytest.raises(WeightsError, match="without checkpoints"):
-        train.load_workdir_model(tmp_path)
+        load_workdir_model(tmp_path)
 
 
 def test_resume_with_another_network_is_refused(runs, cfg, set14):
     from prfdn_jax.networks import default_arch
 
     other = train.random_init(default_arch("rfdn", nf=12, scale=2))
-    with pytest.raises(train.ConfigError, match="another network"):
+    with pytest.raises(ConfigError, match="another network"):
         train.train(cfg, runs["root"] / "A", [set14], steps=7, model=other)
 
 
@@ -127,7 +129,7 @@ KILL_STEPS = 30
 
 @pytest.fixture(scope="module", autouse=True)
 def killed_run(tmp_path_factory, set14):
-    """``python -m prfdn_jax.train`` in a subprocess, SIGKILLed once its first checkpoint is written.
+    """``prfdn train`` (``python -m prfdn_jax.cli train``) in a subprocess, SIGKILLed once its first checkpoint is written.
 
     Started before the tests (it compiles in parallel with this process); a thread watches and kills.
     """
@@ -138,7 +140,7 @@ def killed_run(tmp_path_factory, set14):
     argv = [SMOKE, "--workdir", str(w), "--data", set14, "--steps", str(KILL_STEPS), "--set", "ckpt_every=2",
             "log_every=5"]
     log = open(tmp / "log.txt", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "prfdn_jax.train", *argv], env=_env(), cwd=ROOT, stdout=log,
+    proc = subprocess.Popen([sys.executable, "-m", "prfdn_jax.cli", "train", *argv], env=_env(), cwd=ROOT, stdout=log,
                             stderr=subprocess.STDOUT)
     state = {"killed": False}
 
@@ -173,7 +175,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, cfg, set14, kil
     killed_at = _finished_steps(w)[-1]
     assert 0 < killed_at < KILL_STEPS
     # resume here with the same command line (this process has the step compiled already)
-    assert train.main(killed_run["argv"]) == 0
+    assert main(["train", *killed_run["argv"]]) == 0
     assert f"steps {killed_at}->{KILL_STEPS}" in capsys.readouterr().out
     _assert_same_params(_params(tmp_path / "ref"), _params(w))
 
@@ -182,12 +184,13 @@ _SHARDED = r"""
 import json, sys
 import jax
 from prfdn_jax import train
-cfg = train.load_config(sys.argv[1])
+from prfdn_jax.config import ConfigError, load_config
+cfg = load_config(sys.argv[1])
 s = train.train(cfg, sys.argv[2], [sys.argv[3]], steps=3, verbose=False)
 try:
     train.train(cfg.replace(batch=6), sys.argv[2] + "_b6", [sys.argv[3]], steps=1)
     err = None
-except train.ConfigError as e:
+except ConfigError as e:
     err = str(e)
 print("RESULT " + json.dumps({"devices": s["devices"], "jax_devices": len(jax.devices()),
                               "shards": s["batch_shards"], "losses": s["losses"], "err": err}))
@@ -235,7 +238,7 @@ def test_non_finite_loss_stops_without_a_checkpoint(tmp_path, cfg, set14):
     set_flat_params(model, flat)
     with pytest.raises(train.TrainingDiverged, match="step 1 .*no checkpoint"):
         train.train(cfg, tmp_path, [set14], steps=4, model=model, verbose=False)
-    assert train._manager(tmp_path).latest_step() is None
+    assert workdir_manager(tmp_path).latest_step() is None
 
 
 def test_divergence_keeps_the_last_good_checkpoint(tmp_path, set14, monkeypatch, capsys):
@@ -255,17 +258,18 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, set14, monkeypatch,
         return f
 
     monkeypatch.setattr(train, "cached_train_step", poisoned)
-    rc = train.main([SMOKE, "--workdir", str(tmp_path), "--data", set14, "--steps", "6"])
+    rc = main(["train", SMOKE, "--workdir", str(tmp_path), "--data", set14, "--steps", "6"])
     err = capsys.readouterr().err
     assert rc == 1
-    assert err.count("\n") == 1 and "step 4" in err and "last good checkpoint: step 2" in err
-    assert train._manager(tmp_path).latest_step() == 2
+    assert err.startswith("prfdn: error: ") and err.count("\n") == 1
+    assert "step 4" in err and "last good checkpoint: step 2" in err
+    assert workdir_manager(tmp_path).latest_step() == 2
     assert all(np.isfinite(v).all() for v in _params(tmp_path).values())
 
 
 def test_init_from_x4_rfdn_body(tmp_path):
     pth = str(shared_path("weights", "rfdn_aim_x4.pth"))
-    c = train.TrainConfig(layout="rfdn", nf=50, scale=2, init_weights=pth, init_strict=False)
+    c = TrainConfig(layout="rfdn", nf=50, scale=2, init_weights=pth, init_strict=False)
     with pytest.warns(UserWarning, match="randomly initialised: upsampler.bias, upsampler.kernel"):
         m = train.init_model(c)
     src = flat_params(load_any(pth))
@@ -274,12 +278,12 @@ def test_init_from_x4_rfdn_body(tmp_path):
     for k in got:
         if not k.startswith("upsampler"):
             np.testing.assert_array_equal(got[k], src[k])
-    with pytest.raises(train.ConfigError, match="x4 network"):
+    with pytest.raises(ConfigError, match="x4 network"):
         train.init_model(c.replace(init_strict=True))
 
 
 def test_schedules():
-    c = train.TrainConfig(lr=1.0, steps=100)
+    c = TrainConfig(lr=1.0, steps=100)
     _, s = train.make_optimizer(c.replace(schedule="multistep", milestones=(0.5, 0.75), gamma=0.1))
     assert float(s(0)) == 1.0 and float(s(60)) == pytest.approx(0.1) and float(s(80)) == pytest.approx(0.01)
     _, s = train.make_optimizer(c.replace(schedule="cosine"))
@@ -291,26 +295,37 @@ def test_schedules():
 def test_load_config_variants(cfg):
     import importlib
 
-    assert train.load_config("experiments.smoke_x2") == cfg
-    assert train.load_config(importlib.import_module("experiments.smoke_x2")) == cfg
-    assert train.load_config(cfg.to_dict()) == cfg
-    p = train.load_config(str(ROOT / "experiments" / "prfdn_x2.py") + ":tiny")
+    assert load_config("experiments.smoke_x2") == cfg
+    assert load_config(importlib.import_module("experiments.smoke_x2")) == cfg
+    assert load_config(cfg.to_dict()) == cfg
+    p = load_config(str(ROOT / "experiments" / "prfdn_x2.py") + ":tiny")
     assert p.branch.nf == 8 and p.layout == "b4s"
-    assert train.override(cfg, ["lr=0.001", "patch=64"]).patch == 64
-    with pytest.raises(train.ConfigError, match="bad --set"):
-        train.override(cfg, ["nope=1"])
+    assert load_config(p.to_dict()) == p
+    assert override(cfg, ["lr=0.001", "patch=64"]).patch == 64
+    with pytest.raises(ConfigError, match="bad --set"):
+        override(cfg, ["nope=1"])
 
 
 @pytest.mark.parametrize("argv, msg", [
     (["missing_config.py", "--workdir", "W"], "no such config file"),
     ([SMOKE, "--workdir", "W", "--data", "/nonexistent/folder"], "no such folder"),
     ([str(ROOT / "experiments" / "prfdn_x2.py"), "--workdir", "W"], "pipeline config: pass --stage"),
+    ([SMOKE, "--workdir", "W", "--data", "/nonexistent/folder", "--set", "nope=1"], "bad --set"),
+])
+def test_cli_bad_input_is_one_line_exit_1(argv, msg, tmp_path, capsys):
+    argv = [str(tmp_path / "w") if a == "W" else a for a in argv]
+    assert main(["train", *argv]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("prfdn: error: ") and err.count("\n") == 1 and msg in err, err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, msg", [
     ([SMOKE, "--workdir", "W", "--steps", "x"], "invalid int value"),
     ([SMOKE], "--workdir"),
 ])
-def test_cli_bad_input_is_one_line_exit_2(argv, msg, tmp_path, capsys):
-    argv = [a.replace("W", str(tmp_path / "w")) if a == "W" else a for a in argv]
-    assert train.main(argv) == 2
+def test_cli_usage_error_is_exit_2(argv, msg, tmp_path, capsys):
+    argv = [str(tmp_path / "w") if a == "W" else a for a in argv]
+    assert main(["train", *argv]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error:") and err.count("\n") == 1 and msg in err, err
-    assert "Traceback" not in err
+    assert "prfdn train: error:" in err and msg in err and "Traceback" not in err, err

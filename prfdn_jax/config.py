@@ -1,0 +1,203 @@
+"""Configs: :class:`TrainConfig` (one training run), :class:`PipelineConfig` (the four-stage recipe).
+
+A config is a Python module with ``get_config()`` returning one of them (or a dict of its fields);
+``path.py:fn`` picks another function (e.g. ``experiments/prfdn_x2.py:tiny``). :func:`load_config`
+takes a module, a module name (``experiments.smoke_x2``), a ``.py`` file, a dict or a config.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib
+import importlib.util
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+SCHEDULES = ("constant", "cosine", "multistep")
+STAGES = ("rfdn", "branch", "reparam", "prune")
+
+
+class ConfigError(ValueError):
+    """A bad config, option or workdir; the message is one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One training run (one stage of the recipe). Steps are optimizer steps of one global batch."""
+
+    # network: used when no model is passed and there is no checkpoint yet
+    layout: str = "rfdn"
+    nf: int = 50
+    n_blocks: int = 4
+    scale: int = 2
+    form: str = "branch"
+    init_weights: str | None = None  # .pth / .safetensors / workdir to start from
+    init_strict: bool = True         # False: copy the tensors whose name and shape match, rest random
+    impl: str | None = None          # apply path (None: the backend's default)
+    # data
+    data_dirs: tuple[str, ...] = ()
+    patch: int = 128                 # HR patch side; LR patch = patch // scale
+    batch: int = 16                  # global batch (divisible by the device count)
+    degradation: str = "matlab"      # 'matlab' | 'ntire'
+    augment: bool = True
+    workers: int = 0                 # grain worker processes (0: in the training process)
+    seed: int = 0
+    # optimisation
+    steps: int = 1000
+    lr: float = 5e-4
+    schedule: str = "constant"       # 'constant' | 'cosine' | 'multistep'
+    milestones: tuple[float, ...] = (0.5, 0.75)  # multistep: fractions of `steps`
+    gamma: float = 0.5               # multistep factor
+    warmup: int = 0                  # linear warm-up steps
+    b1: float = 0.9
+    b2: float = 0.999
+    clip_norm: float = 0.0           # global-norm gradient clipping (0: off)
+    loss_norm: float = 255.0
+    # bookkeeping
+    log_every: int = 50
+    ckpt_every: int = 1000
+    keep: int = 3                    # checkpoints kept
+    val_dirs: tuple = ()             # HR folders, set folders (HR/ + LR_bicubic/), or (HR, LR) folder pairs
+    val_every: int = 1000
+    val_limit: int = 0               # first N validation images per folder (0: all)
+    distributed: bool = False        # jax.distributed.initialize() (also when PRFDN_DISTRIBUTED=1)
+
+    def replace(self, **kw) -> "TrainConfig":
+        return dataclasses.replace(self, **kw)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """The four-stage recipe (see :mod:`prfdn_jax.pipeline`). Each training stage has its own :class:`TrainConfig`."""
+
+    scale: int
+    layout: str                       # branch layout: 'b4s' (x2 in PRFDN), 'b2s' (x3), 'b2'
+    rfdn: TrainConfig                 # stage 1 (layout 'rfdn', 4 blocks)
+    branch: TrainConfig               # stage 2: the branch net made from stage 1
+    finetune: TrainConfig             # stage 4: finetuning after each pruning step (steps per step)
+    prune_ratio: float = 0.5          # fraction of channels removed per dependency group
+    prune_steps: int = 4
+    prune_uniform: bool = False       # True: keep the branches uniform (stays 'wide')
+    prune_importance: str = "magnitude"
+    stages: tuple[str, ...] = STAGES
+    # report
+    eval_sets: tuple[tuple[str, str], ...] = (("Set5", "data/Set5"), ("Set14", "data/Set14"))  # under shared/
+    eval_limit: int = 0               # first N images per set (0: all)
+    eval_crop: int = 0                # centre-crop HR to this size (smoke runs only; 0: whole images)
+    latency_shape: tuple[int, int, int, int] = (1, 128, 128, 3)
+    latency_runs: int = 5
+
+    train_stages = ("rfdn", "branch", "finetune")
+
+    def replace(self, **kw) -> "PipelineConfig":
+        return dataclasses.replace(self, **kw)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PipelineConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        kw = dict(d)
+        for k in cls.train_stages:
+            if isinstance(kw.get(k), dict):
+                kw[k] = _train_from_dict(kw[k])
+        return cls(**kw)
+
+
+def _train_from_dict(d: dict) -> TrainConfig:
+    return TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def _from_dict(d: dict):
+    if set(d) <= {f.name for f in dataclasses.fields(TrainConfig)}:
+        return _train_from_dict(d)
+    return PipelineConfig.from_dict(d)
+
+
+def load_config(path_or_module) -> Any:
+    """The config of a module, module name or ``.py`` file (``:fn`` picks a function, default ``get_config``).
+
+    Returns a :class:`TrainConfig` or a :class:`PipelineConfig` (a dict ``get_config`` returned is converted).
+    """
+    if dataclasses.is_dataclass(path_or_module) and not isinstance(path_or_module, type):
+        return path_or_module
+    if isinstance(path_or_module, dict):
+        return _from_dict(path_or_module)
+    fn_name = "get_config"
+    if isinstance(path_or_module, (str, os.PathLike)):
+        spec = str(path_or_module)
+        if ":" in spec and not os.path.exists(spec):
+            spec, fn_name = spec.rsplit(":", 1)
+        if spec.endswith(".py") or os.path.sep in spec or os.path.exists(spec):
+            p = Path(spec)
+            if not p.is_file():
+                raise ConfigError(f"{p}: no such config file")
+            modspec = importlib.util.spec_from_file_location(f"_prfdn_config_{p.stem}", p)
+            module = importlib.util.module_from_spec(modspec)
+            try:
+                modspec.loader.exec_module(module)
+            except Exception as e:
+                raise ConfigError(f"{p}: config failed to load ({type(e).__name__}: {e})") from None
+        else:
+            try:
+                module = importlib.import_module(spec)
+            except ImportError as e:
+                raise ConfigError(f"{spec}: cannot import config module ({e})") from None
+    else:
+        module = path_or_module
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise ConfigError(f"{getattr(module, '__name__', module)}: no function {fn_name}()")
+    try:
+        cfg = fn()
+    except Exception as e:
+        raise ConfigError(f"{fn_name}() of {getattr(module, '__name__', module)} failed "
+                          f"({type(e).__name__}: {e})") from None
+    return _from_dict(cfg) if isinstance(cfg, dict) else cfg
+
+
+def override(config, assignments: Sequence[str]):
+    """``['lr=1e-4', 'patch=64']`` applied to a dataclass config (values parsed as Python literals)."""
+    kw = {}
+    names = {f.name for f in dataclasses.fields(config)}
+    for a in assignments:
+        key, sep, val = a.partition("=")
+        if not sep or key not in names:
+            raise ConfigError(f"bad --set {a!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(names))}")
+        try:
+            kw[key] = ast.literal_eval(val)
+        except (ValueError, SyntaxError):
+            kw[key] = val
+        if isinstance(kw[key], list):
+            kw[key] = tuple(kw[key])
+    return dataclasses.replace(config, **kw)
+
+
+def check_config(c: TrainConfig) -> None:
+    """:class:`ConfigError` for settings no run can use (steps, schedule, lr, intervals, data settings)."""
+    if c.steps < 0:
+        raise ConfigError(f"steps must be >= 0, got {c.steps}")
+    if c.schedule not in SCHEDULES:
+        raise ConfigError(f"unknown schedule {c.schedule!r}; expected one of {SCHEDULES}")
+    if not (math.isfinite(c.lr) and c.lr >= 0):
+        raise ConfigError(f"bad learning rate {c.lr}")
+    for k in ("log_every", "ckpt_every", "val_every", "keep"):
+        if getattr(c, k) < 1:
+            raise ConfigError(f"{k} must be >= 1, got {getattr(c, k)}")
+    from prfdn_jax import data as data_lib  # imports grain (~1 s): not for `prfdn --help`
+
+    try:
+        data_lib.check_settings(c.scale, c.patch, c.batch, c.degradation)
+    except data_lib.DataError as e:
+        raise ConfigError(str(e)) from None
