@@ -1,13 +1,14 @@
 """Benchmarks behind ``prfdn bench`` (which prints them as tables, ratios against a baseline of the same run).
 
-    prfdn bench paths   [--size 128] [--nf 50] [--layout b4s] [--repeats 5]
-    prfdn bench latency [--model prfdn-x2] [--size 256] [--repeats 10] [--fp16]     # needs PyTorch
+    prfdn bench paths [--size 128] [--nf 50] [--layout b4s] [--repeats 5]
+    prfdn bench (--model NAME | --weights PATH) [--size HxW] [--batch B] [--dtype D] [--backend jax|torch|both] [--json]
 
 ``paths``: the apply paths of one branch/wide network (same parameters): vmapped branches, one
 grouped conv per layer, a loop of per-branch convs, a dense block-diagonal conv; forward and
 forward+backward (the training step's gradient), jitted, median of ``repeats`` after a warm-up.
-``latency``: a built-in model in JAX (jit) against the PyTorch reference with the same weights,
-NTIRE protocol (random input, warm-up, synchronised timings; on GPU, cudnn.benchmark and optional fp16).
+The inference benchmark: the deployed JAX network (:func:`prfdn_jax.deploy.deploy`) against the PyTorch
+reference with the same weights in every mode (:mod:`converters.torch_bench`), NTIRE protocol (random
+input, warm-up, synchronised timings, median and mean, compile time apart).
 """
 
 from __future__ import annotations
@@ -20,10 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from prfdn_jax import registry
-from prfdn_jax.checkpoint import flat_params, load_any
 from prfdn_jax.extras import require_torch
-from prfdn_jax.inference import make_apply
 from prfdn_jax.networks import build, default_arch, set_impl
 
 
@@ -57,44 +55,114 @@ def bench_paths(layout="b4s", nf=50, size=128, batch=1, repeats=5, impls=None) -
     return rows
 
 
-def bench_latency(name="prfdn-x2", size=256, repeats=10, fp16=False) -> list[dict]:
-    torch = require_torch("the PyTorch latency benchmark")
-    from converters.state_dict import state_dict_from_flat_params
-    from converters.torch_modules import build_from_state_dict  # imports torch
+def _device() -> str:
+    d = jax.devices()[0]
+    return d.device_kind if d.platform != "cpu" else f"cpu ({jax.local_device_count()} device, XLA CPU)"
 
-    model = registry.load(name) if name in registry.MODELS else load_any(name)
-    h, w = (size, size) if isinstance(size, int) else size
-    x = np.random.default_rng(0).uniform(0, 255, (1, h, w, 3)).astype(np.float32)
-    rows = []
-    dtype = jnp.float16 if fp16 else jnp.float32
-    if fp16:
-        model_h = nnx.merge(*_cast(nnx.split(model), dtype))
-        apply = make_apply(model_h)
+
+def _compiled_network(model: nnx.Module, x: np.ndarray, dtype: str):
+    """The network itself (no deploy), jitted with its parameters as arguments, cast to ``dtype``."""
+    from prfdn_jax.deploy import DTYPES
+
+    graphdef, state = nnx.split(model)
+    state = jax.tree.map(lambda a: a.astype(DTYPES[dtype]), state)
+    f = jax.jit(lambda s, v: nnx.merge(graphdef, s)(v.astype(DTYPES[dtype])).astype(jnp.float32))
+    compiled = f.lower(state, jax.ShapeDtypeStruct(x.shape, jnp.float32)).compile()
+    return lambda v: compiled(state, v), compiled.as_text()
+
+
+def bench_jax(model: nnx.Module, x: np.ndarray, dtype: str = "float32", warmup: int = 2, runs: int = 5,
+              deployed: bool = True) -> dict:
+    """The deployed network (or, ``deployed=False``, the network as built) on ``x``:
+    ``{'median_ms', 'mean_ms', 'compile_s', 'kernels', 'convs'}`` (NTIRE protocol: warm-up passes, then
+    timed passes each ending in a device synchronisation)."""
+    from prfdn_jax.deploy import deploy
+
+    t = time.perf_counter()
+    if deployed:
+        d = deploy(model, dtype=dtype)
+        compiled = d._fn.lower(jax.ShapeDtypeStruct(x.shape, jnp.float32)).compile()
+        text, convs = compiled.as_text(), len(d.program.convs())
     else:
-        apply = make_apply(model)
-    xj = jnp.asarray(x, dtype)
-    t = _time(lambda: apply(xj).block_until_ready(), repeats)
-    rows.append({"impl": f"jax ({jax.default_backend()})", "ms": t * 1e3})
-
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    torch.backends.cudnn.benchmark = True
-    sd = state_dict_from_flat_params(flat_params(model), model.arch)
-    tm = build_from_state_dict({k: torch.from_numpy(np.array(v)) for k, v in sd.items()}).to(dev).eval()
-    xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(dev)
-    if fp16:
-        tm, xt = tm.half(), xt.half()
-
-    def run_torch():
-        with torch.no_grad():
-            tm(xt)
-        if dev == "cuda":
-            torch.cuda.synchronize()
-
-    t = _time(run_torch, repeats)
-    rows.append({"impl": f"torch ({dev})", "ms": t * 1e3})
-    return rows
+        compiled, text = _compiled_network(model, x, dtype)
+        convs = text.count("convolution(")
+    compile_s = time.perf_counter() - t
+    xj = jax.device_put(jnp.asarray(x, jnp.float32))
+    for _ in range(warmup):
+        compiled(xj).block_until_ready()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        compiled(xj).block_until_ready()
+        times.append((time.perf_counter() - t) * 1e3)
+    return {"median_ms": statistics.median(times), "mean_ms": statistics.fmean(times), "compile_s": compile_s,
+            "kernels": count_kernels(text), "convs": convs}
 
 
-def _cast(split, dtype):
-    graphdef, state = split
-    return graphdef, jax.tree.map(lambda a: a.astype(dtype), state)
+def count_kernels(hlo_text: str) -> int:
+    """Kernels (fusions, library calls, copies) launched per call by a compiled program: the
+    instructions of its entry computation that do work."""
+    entry = hlo_text[hlo_text.index("ENTRY"):]
+    body = entry[entry.index("{") + 1:entry.index("\n}")]
+    skip = ("parameter(", "constant(", "get-tuple-element(", "tuple(", "bitcast(")
+    return sum(1 for ln in body.splitlines() if "=" in ln and not any(k in ln for k in skip))
+
+
+def bench_inference(model: nnx.Module, size=(540, 960), batch: int = 1, dtype: str = "float32",
+                    backend: str = "both", warmup: int | None = None, runs: int | None = None,
+                    torch_modes=None, baseline: bool = False) -> dict:
+    """JAX (deployed) and/or the PyTorch reference on the same weights and a random input.
+
+    Returns ``{'jax': {...}, 'torch': [{mode...}], 'jax_ms', 'torch_ms', 'torch_mode', 'ratio', 'device', ...}``.
+    """
+    gpu = jax.default_backend() != "cpu"
+    warmup = (50 if gpu else 2) if warmup is None else warmup
+    runs = (244 if gpu else 5) if runs is None else runs
+    h, w = size
+    x = np.random.default_rng(0).uniform(0, 255, (batch, h, w, 3)).astype(np.float32)
+    out = {"size": f"{h}x{w}", "batch": batch, "dtype": dtype, "warmup": warmup, "runs": runs, "device": _device()}
+    if backend in ("jax", "both"):
+        out["jax"] = bench_jax(model, x, dtype, warmup, runs)
+        out["jax_ms"] = out["jax"]["median_ms"]
+        if baseline:
+            out["jax_network"] = bench_jax(model, x, dtype, warmup, runs, deployed=False)
+    if backend in ("torch", "both"):
+        require_torch("the PyTorch side of prfdn bench")
+        from converters.torch_bench import bench_torch
+
+        out["torch"] = bench_torch(model, x, dtype, torch_modes, warmup, runs)
+        best = min(out["torch"], key=lambda r: r["median_ms"])
+        out["torch_ms"], out["torch_mode"] = best["median_ms"], best["mode"]
+    if "jax_ms" in out and "torch_ms" in out:
+        out["ratio"] = out["jax_ms"] / out["torch_ms"]
+    return out
+
+
+def print_paths(rows: list[dict], layout: str, nf: int, size: int, batch: int, repeats: int) -> None:
+    base = next(r for r in rows if r["impl"] == "grouped")
+    print(f"apply paths, {layout} nf={nf}, {batch}x{size}x{size}x3 -> x2, {_device()}, median of {repeats}")
+    print("| path | forward ms | vs grouped | fwd+bwd ms | vs grouped |\n|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['impl']} | {r['forward_ms']:.1f} | {r['forward_ms'] / base['forward_ms']:.2f} | "
+              f"{r['fwd_bwd_ms']:.1f} | {r['fwd_bwd_ms'] / base['fwd_bwd_ms']:.2f} |")
+
+
+def print_inference(res: dict, label: str) -> None:
+    """The benchmark table: every row's median/mean ms and its ratio to the best PyTorch mode."""
+    print(f"{label}, {res['batch']}x{res['size']}x3, {res['dtype']}, {res['device']}; "
+          f"{res['warmup']} warm-up + {res['runs']} timed runs")
+    base = res.get("torch_ms")
+    print("| implementation | median ms | mean ms | compile s | vs best PyTorch |\n|---|---|---|---|---|")
+    rows = []
+    if "jax" in res:
+        j = res["jax"]
+        rows.append((f"JAX deployed ({j['convs']} convs, {j['kernels']} kernels)", j))
+    if "jax_network" in res:
+        j = res["jax_network"]
+        rows.append((f"JAX network, not deployed ({j['kernels']} kernels)", j))
+    rows += [(f"PyTorch {r['mode']}", r) for r in res.get("torch", [])]
+    for name, r in rows:
+        vs = f"{r['median_ms'] / base:.2f}" if base else "-"
+        print(f"| {name} | {r['median_ms']:.2f} | {r['mean_ms']:.2f} | {r['compile_s']:.1f} | {vs} |")
+    if "ratio" in res:
+        print(f"JAX / best PyTorch ({res['torch_mode']}): {res['ratio']:.2f}")

@@ -16,7 +16,9 @@ import sys
 from prfdn_jax import commands as C
 from prfdn_jax.config import STAGES
 from prfdn_jax.extras import MissingExtra
+from prfdn_jax.impls import configure_xla_flags
 
+DTYPE_CHOICES = ("float32", "float16", "bfloat16")
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -42,7 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output file (one input image) or folder (several inputs, or a folder input)")
     _add_model_args(u)
     u.add_argument("--tile", type=int, default=0, metavar="PX",
-                   help="run in overlapping PX x PX tiles (large images; 0 = whole image)")
+                   help="run in PX x PX tiles, batched, overlaps feathered (large images; 0 = whole image)")
+    u.add_argument("--overlap", type=int, default=None, metavar="PX",
+                   help="LR pixels shared by neighbouring tiles (default 16: Urban100 within 0.002 dB of whole images)")
+    u.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32",
+                   help="compute dtype (float16/bfloat16: faster on GPUs; the output tail stays float32)")
     u.set_defaults(func=C.cmd_upscale)
 
     e = sub.add_parser("eval", help="PSNR/SSIM on a folder with HR/ (and optional LR_bicubic/X{S}/)")
@@ -51,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--degradation", choices=("matlab", "ntire"), default="matlab",
                    help="LR when made from HR: MATLAB bicubic (default; shipped LR used when present) "
                         "or NTIRE (PIL bicubic + JPEG 90, always made from HR)")
+    e.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32", help="compute dtype (default float32)")
     e.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
     e.set_defaults(func=C.cmd_eval)
 
@@ -105,21 +112,25 @@ def build_parser() -> argparse.ArgumentParser:
                     help="stages to run (the stages they build on are run too, or reused from the workdir)")
     pl.set_defaults(func=C.cmd_pipeline)
 
-    b = sub.add_parser("bench", help="benchmark tables (ratios against a baseline of the same run)")
-    bsub = b.add_subparsers(dest="what", required=True, metavar="WHAT")
-    bp = bsub.add_parser("paths", help="vmap / grouped / loop / dense apply paths of a wide network")
-    bp.add_argument("--layout", default="b4s", choices=("b4s", "b2s", "b2"))
-    bp.add_argument("--nf", type=int, default=50)
-    bp.add_argument("--size", type=int, default=128)
-    bp.add_argument("--batch", type=int, default=1)
-    bp.add_argument("--repeats", type=int, default=5)
-    bp.set_defaults(func=C.cmd_bench_paths)
-    bl = bsub.add_parser("latency", help="JAX vs the PyTorch reference on the same weights (needs the torch extra)")
-    bl.add_argument("--model", default="prfdn-x2")
-    bl.add_argument("--size", type=int, default=256)
-    bl.add_argument("--repeats", type=int, default=10)
-    bl.add_argument("--fp16", action="store_true")
-    bl.set_defaults(func=C.cmd_bench_latency)
+    b = sub.add_parser("bench", help="benchmark tables: JAX vs every PyTorch mode on the same weights, or the "
+                                     "apply paths (`prfdn bench paths`)")
+    b.add_argument("what", nargs="?", choices=("paths",), help="paths: the wide apply paths of a branch network")
+    _add_model_args(b)
+    b.add_argument("--size", metavar="HxW", help="input size (default 540x960; paths: one number, default 128)")
+    b.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
+    b.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32", help="compute dtype (default float32)")
+    b.add_argument("--backend", choices=("jax", "torch", "both"), default="both",
+                   help="which side to time (torch needs the torch extra; default both)")
+    b.add_argument("--torch-modes", metavar="M,M", help="PyTorch modes to run (default all: eager, channels_last, "
+                                                         "cuda_graph, compile, compile_channels_last)")
+    b.add_argument("--warmup", type=int, help="warm-up passes (default 50 on GPU, 2 on CPU)")
+    b.add_argument("--runs", type=int, help="timed passes (default 244 on GPU, 5 on CPU)")
+    b.add_argument("--baseline", action="store_true", help="also time the network as built (before deploy)")
+    b.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
+    b.add_argument("--layout", default="b4s", choices=("b4s", "b2s", "b2"), help="paths: branch layout")
+    b.add_argument("--nf", type=int, default=50, help="paths: channels")
+    b.add_argument("--repeats", type=int, default=5, help="paths: timed repeats")
+    b.set_defaults(func=C.cmd_bench)
     return p
 
 
@@ -137,6 +148,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status (0 done, 1 error, 2 bad command line, 130 interrupted)."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    configure_xla_flags()  # before JAX starts a backend; the user's XLA_FLAGS win
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2, argparse printed the usage)

@@ -73,7 +73,8 @@ def cmd_upscale(args) -> int:
     import numpy as np
 
     from prfdn_jax.imaging import IMAGE_EXTENSIONS, ImageError, read_image, write_image
-    from prfdn_jax.inference import MIN_SIZE, make_apply, upscale_array
+    from prfdn_jax.deploy import deploy
+    from prfdn_jax.inference import DEFAULT_OVERLAP, MIN_SIZE, upscale_array
 
     paths, had_dir = _collect_inputs(args.inputs)
     out = Path(args.output)
@@ -89,9 +90,13 @@ def cmd_upscale(args) -> int:
         dup = {t for t in targets if targets.count(t) > 1}
         if dup:
             raise CLIError(f"two inputs would both be written to {sorted(dup)[0]}; upscale them separately")
+    overlap = DEFAULT_OVERLAP if args.overlap is None else args.overlap
+    if args.tile and not (MIN_SIZE <= args.tile and 0 <= overlap < args.tile):
+        raise CLIError(f"--tile {args.tile} --overlap {overlap}: need a tile of at least {MIN_SIZE} px and "
+                       "0 <= overlap < tile")
     model, label = _resolve_model(args)
     scale = model.arch.scale
-    apply = make_apply(model)
+    apply = deploy(model, dtype=args.dtype)
     failed = 0
     for src, dst in _progress(zip(paths, targets), len(paths), f"x{scale} {label}"):
         try:
@@ -99,7 +104,7 @@ def cmd_upscale(args) -> int:
             h, w = img.shape
             if min(h, w) < MIN_SIZE:
                 raise ImageError(f"{src}: image is {w}x{h}; the network needs at least {MIN_SIZE}x{MIN_SIZE} pixels")
-            sr = upscale_array(apply, img.rgb, scale, tile=args.tile)
+            sr = upscale_array(apply, img.rgb, scale, tile=args.tile, overlap=overlap)
             alpha = None
             if img.alpha is not None:
                 from PIL import Image as PILImage
@@ -136,6 +141,7 @@ def _eval_set(data: Path, scale: int, degradation: str = "matlab") -> list:
 
 
 def cmd_eval(args) -> int:
+    from prfdn_jax.deploy import deploy
     from prfdn_jax.evaluate import evaluate
 
     model, label = _resolve_model(args)
@@ -143,7 +149,7 @@ def cmd_eval(args) -> int:
     items = _eval_set(Path(args.data), scale, args.degradation)
     bar = _progress(None, len(items), "eval")
     try:
-        res = evaluate(model, items, scale, progress=lambda done, total: bar.update(1))
+        res = evaluate(deploy(model, dtype=args.dtype), items, scale, progress=lambda done, total: bar.update(1))
     finally:
         bar.close()
     print(f"{'image':<16} {'PSNR-Y':>8} {'SSIM-Y':>8} {'PSNR-RGB':>9} {'SSIM-RGB':>9}")
@@ -153,7 +159,7 @@ def cmd_eval(args) -> int:
           f"   ({res['images']} images, x{scale}, {label}, {args.degradation} LR)")
     if args.json:
         print(json.dumps({k: res[k] for k in ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "images")}
-                         | {"model": label, "scale": scale}))
+                         | {"model": label, "scale": scale, "dtype": args.dtype}))
     return 0
 
 
@@ -309,33 +315,41 @@ def cmd_pipeline(args) -> int:
 
 
 # ----------------------------------------------------------------------------- bench
-def cmd_bench_paths(args) -> int:
-    import jax
+def _size(text: str, what: str = "--size") -> tuple[int, int]:
+    """``'540x960'`` -> (540, 960); ``'256'`` -> (256, 256); each side at least MIN_SIZE."""
+    from prfdn_jax.spec import MIN_SIZE
 
-    from prfdn_jax.bench import bench_paths
-
-    rows = bench_paths(args.layout, args.nf, args.size, args.batch, args.repeats)
-    base = next(r for r in rows if r["impl"] == "grouped")
-    print(f"apply paths, {args.layout} nf={args.nf}, {args.batch}x{args.size}x{args.size}x3 -> x2, "
-          f"{jax.devices()[0].device_kind}, median of {args.repeats}")
-    print("| path | forward ms | vs grouped | fwd+bwd ms | vs grouped |\n|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['impl']} | {r['forward_ms']:.1f} | {r['forward_ms'] / base['forward_ms']:.2f} | "
-              f"{r['fwd_bwd_ms']:.1f} | {r['fwd_bwd_ms'] / base['fwd_bwd_ms']:.2f} |")
-    return 0
+    try:
+        parts = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < MIN_SIZE:
+        raise CLIError(f"{what} {text!r}: expected HxW (or one number) with both sides >= {MIN_SIZE}")
+    return parts[0], parts[1]
 
 
-def cmd_bench_latency(args) -> int:
-    require_torch("prfdn bench latency")
-    import jax
+def cmd_bench(args) -> int:
+    """``prfdn bench paths`` or the inference benchmark (JAX deployed vs every PyTorch mode)."""
+    from prfdn_jax import bench
 
-    from prfdn_jax.bench import bench_latency
-
-    rows = bench_latency(args.model, args.size, args.repeats, args.fp16)
-    base = rows[1]["ms"]
-    print(f"latency, {args.model}, 1x{args.size}x{args.size}x3, {'fp16' if args.fp16 else 'fp32'}, "
-          f"{jax.devices()[0].device_kind}, median of {args.repeats}")
-    print("| framework | ms | vs torch |\n|---|---|---|")
-    for r in rows:
-        print(f"| {r['impl']} | {r['ms']:.2f} | {r['ms'] / base:.2f} |")
+    if args.what == "paths":
+        size = _size(args.size or "128")[0]
+        bench.print_paths(bench.bench_paths(args.layout, args.nf, size, args.batch, args.repeats), args.layout,
+                          args.nf, size, args.batch, args.repeats)
+        return 0
+    if args.backend in ("torch", "both"):
+        require_torch("the PyTorch side of prfdn bench (use --backend jax without it)")
+    for name, v in (("--batch", args.batch), ("--runs", args.runs), ("--warmup", args.warmup)):
+        if v is not None and v < (0 if name == "--warmup" else 1):
+            raise CLIError(f"{name} must be {'>= 0' if name == '--warmup' else '>= 1'}, got {v}")
+    model, label = _resolve_model(args)
+    modes = args.torch_modes.split(",") if args.torch_modes else None
+    res = bench.bench_inference(model, _size(args.size or "540x960"), args.batch, args.dtype, args.backend,
+                                args.warmup, args.runs, modes, baseline=args.baseline)
+    bench.print_inference(res, label)
+    if args.json:
+        keys = ("jax_ms", "torch_ms", "torch_mode", "ratio", "device", "size", "batch", "dtype")
+        print(json.dumps({k: res.get(k) for k in keys}))
     return 0

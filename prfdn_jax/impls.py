@@ -47,3 +47,20 @@ def default_impl(backend: str | None = None) -> str:
     if env:
         return check_impl(env, WIDE_IMPLS + BRANCH_IMPLS)
     return DEFAULT_IMPL.get(backend or jax.default_backend(), "loop")
+
+
+# XLA flags the package sets for its own runs (the `prfdn` command) unless the user set XLA_FLAGS.
+# On XLA CPU, YNNPACK's convolution path made the deployed prfdn-x2 at 540x960 2x slower (1000 ms vs
+# 543 ms; BENCHMARKS.md): an empty fusion-type list keeps convolutions on XLA's own path.
+XLA_FLAG_DEFAULTS = ("--xla_cpu_experimental_ynn_fusion_type=",)
+
+
+def configure_xla_flags() -> bool:
+    """Set :data:`XLA_FLAG_DEFAULTS` in ``XLA_FLAGS`` unless the user set it; True if set.
+
+    Must run before JAX initialises a backend (flags are read then).
+    """
+    if "XLA_FLAGS" in os.environ:
+        return False
+    os.environ["XLA_FLAGS"] = " ".join(XLA_FLAG_DEFAULTS)
+    return True

@@ -127,3 +127,83 @@ def test_deployed_upscale_equals_network_upscale_on_set5(name):
         same += int((a == b).sum())
         total += a.size
     assert same / total >= 0.999, same / total
+
+
+# ----------------------------------------------------------------------------- precision
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["prfdn-x2", "prfdn-x3", "rfdn-x4"])
+def test_half_precision_quality_on_set5(name):
+    """fp16 within 0.05 dB and bf16 within 0.10 dB of fp32 (Set5 Y-PSNR), no overflow."""
+    from prfdn_jax import registry
+    from prfdn_jax.evaluate import evaluate, load_eval_set
+
+    net = registry.load(name)
+    s = net.arch.scale
+    items = load_eval_set(shared_path("data", "Set5"), s)
+    ref = evaluate(deploy(net), items, s, with_ssim=False)["psnr_y"]
+    for dtype, tol in (("float16", 0.05), ("bfloat16", 0.10)):
+        d = deploy(net, dtype=dtype)
+        assert np.isfinite(np.asarray(d(random_image(32, 32) * 0 + 255))).all()  # saturated input: no overflow
+        got = evaluate(d, items, s, with_ssim=False)["psnr_y"]
+        assert abs(got - ref) <= tol, (dtype, got, ref)
+
+
+def test_compiled_program_has_no_weight_transposes_and_fewer_kernels():
+    from prfdn_jax import registry
+    from prfdn_jax.bench import count_kernels
+
+    net = registry.load("prfdn-x2")
+    x = random_image(32, 32)
+    import jax
+
+    today = jax.jit(lambda v: net(v)).lower(x).compile().as_text()
+    text = deploy(net, "cpu").lower_text((1, 32, 32, 3))
+    # weights are constants: no transpose reads a weight parameter (the only parameter is the image)
+    entry = text[text.index("ENTRY"):]
+    assert entry.count("parameter(") == 1
+    assert count_kernels(text) < count_kernels(today)
+
+
+# ----------------------------------------------------------------------------- tiles
+def test_tile_layout_and_blending_are_exact_for_a_local_operator():
+    from prfdn_jax.inference import tile_starts, upscale_array
+
+    assert tile_starts(100, 40, 16) == [0, 24, 48, 60] and tile_starts(40, 40, 16) == [0]
+    nearest = lambda t: np.repeat(np.repeat(np.asarray(t), 2, 1), 2, 2)  # noqa: E731
+    img = np.random.default_rng(0).integers(0, 256, (97, 131, 3)).astype(np.uint8)
+    whole = upscale_array(nearest, img, 2)
+    for tile, overlap in ((40, 8), (32, 0), (64, 31)):
+        np.testing.assert_array_equal(upscale_array(nearest, img, 2, tile=tile, overlap=overlap), whole)
+
+
+def test_tiles_run_batched_through_one_shape():
+    from prfdn_jax.inference import upscale_array
+
+    shapes = []
+
+    def apply(t):
+        shapes.append(np.shape(t))
+        return np.repeat(np.repeat(np.asarray(t), 3, 1), 3, 2)
+
+    upscale_array(apply, np.zeros((70, 90, 3), np.uint8), 3, tile=32, overlap=8, batch=4)
+    assert len(set(shapes)) == 1 and shapes[0][0] == 4
+
+
+@pytest.mark.slow
+def test_tiled_vs_untiled_on_urban100():
+    """Y-PSNR of tiled inference (default overlap) within 0.05 dB of whole images."""
+    from prfdn_jax import registry
+    from prfdn_jax.imaging import list_images, read_image
+    from prfdn_jax.inference import upscale_array
+    from prfdn_jax.metrics import psnr
+    from prfdn_jax.resize import downscale, modcrop
+
+    net = registry.load("prfdn-x2")
+    d = deploy(net)
+    whole, tiled = [], []
+    for p in list_images(shared_path("data", "Urban100", "HR"))[:6]:
+        hr = modcrop(read_image(p).rgb, 2)
+        lr = downscale(hr, 2, "matlab")
+        whole.append(psnr(upscale_array(d, lr, 2), hr, crop=2, y_channel=True))
+        tiled.append(psnr(upscale_array(d, lr, 2, tile=128), hr, crop=2, y_channel=True))
+    assert abs(np.mean(tiled) - np.mean(whole)) <= 0.05

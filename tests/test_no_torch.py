@@ -57,8 +57,8 @@ def test_prune_is_one_line_naming_the_extra(tmp_path):
     assert not dst.exists()
 
 
-def test_pth_weights_and_bench_latency_need_torch(tmp_path):
+def test_pth_weights_and_torch_bench_need_torch(tmp_path):
     pth = tmp_path / "w.pth"
     pth.write_bytes(b"PK\x03\x04 not really a checkpoint")
     assert_needs_torch(prfdn_without_torch("models", "--weights", pth), "w.pth")
-    assert_needs_torch(prfdn_without_torch("bench", "latency"), "prfdn bench latency")
+    assert_needs_torch(prfdn_without_torch("bench", "--model", "prfdn-x2", "--backend", "torch"), "prfdn bench")

@@ -23,12 +23,15 @@ from prfdn_jax.spec import Arch
 
 __all__ = ["DTYPES", "REWRITES", "Deployed", "deploy", "lower_model"]
 
-# Which rewrites each backend gets (all exact). `merge`: convs reading one tensor become one conv;
-# `mix_kernels`: a 1x1 may join a 3x3 as its centre tap (more MACs, fewer kernels: GPU-friendly);
+# Which rewrites each backend gets (all exact), from `prfdn bench` (BENCHMARKS.md). `merge`: convs of one
+# kernel size reading one tensor become one conv; `mix_kernels`: a 1x1 may join a 3x3 as its centre tap
+# (more MACs, fewer kernels: for memory-bound GPUs; 16% slower on the 2-core CPU); `fold_cost`: "macs"
+# folds a 1x1 into the conv before it only where that adds no MACs (CPU: 6% faster than "always"),
+# "always" wherever allowed (fewer kernels); `pointwise_dot`: 1x1 convs as matmuls (slower on XLA CPU);
 # `grouped`: how grouped convs run ("loop": one conv per group, the fast CPU path).
 REWRITES = {
-    "cpu": {"merge": True, "mix_kernels": False, "grouped": "loop"},
-    "gpu": {"merge": True, "mix_kernels": True, "grouped": "grouped"},
+    "cpu": {"merge": True, "mix_kernels": False, "fold_cost": "macs", "grouped": "loop"},
+    "gpu": {"merge": True, "mix_kernels": True, "fold_cost": "always", "grouped": "grouped"},
 }
 
 
@@ -75,5 +78,6 @@ def deploy(model: nnx.Module, backend: str | None = None, dtype: str = "float32"
         raise ValueError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
     backend = backend or jax.default_backend()
     opts = REWRITES[_kind(backend)]
-    prog = passes.standard(lower_model(model), merge=opts["merge"], mix_kernels=opts["mix_kernels"])
+    prog = passes.standard(lower_model(model), merge=opts["merge"], mix_kernels=opts["mix_kernels"],
+                           fold_cost=opts["fold_cost"])
     return Deployed(prog, model.arch, dtype, backend)

@@ -77,7 +77,9 @@ def lower(arch: Arch, flat: Mapping[str, np.ndarray]) -> Program:
     y = b.add(Concat("stages.cat", tuple(outs))) if len(outs) > 1 else outs[0]
     if "cat_p" in w:
         y = b.conv("cat_p", y)
-    y = b.add(Act("c.act", b.conv("c", y), "lrelu"))
-    out = b.add(Add("residual", b.conv("LR_conv", y), b.conv("split", f), precise=True))
+    # the precision-critical tail runs in float32 whatever the program's dtype: the global residual
+    # (split of the first features, hundreds of grey levels) and the convs that make the output
+    y = b.add(Act("c.act", b.conv("c", y, precise=True), "lrelu"))
+    out = b.add(Add("residual", b.conv("LR_conv", y, precise=True), b.conv("split", f, precise=True), precise=True))
     b.add(PixelShuffle("y", b.conv("upsampler", out, precise=True), arch.scale))
     return Program(b.ops, arch.scale)

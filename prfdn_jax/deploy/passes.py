@@ -73,12 +73,14 @@ def _source(prod, v):
     return None
 
 
-def fold_pointwise(prog: Program, max_taps: int = 27) -> Program:
+def fold_pointwise(prog: Program, max_taps: int = 27, cost: str = "always") -> Program:
     """A 1x1 conv B that reads (a slice of) conv A's output becomes extra outputs of A.
 
     ``B(A(x)[s:e]) = x * (K_A[..., s:e] @ W_B) + (b_A[s:e] @ W_B + b_B)``. Done when A is 1x1, when A
     reads at most ``max_taps`` values per output (k*k*cin; the 3-channel input conv), or when nothing
     but B reads A (A's own channels then vanish). A's old consumers read a slice of the widened A.
+    ``cost="macs"`` folds only where that does not add multiply-accumulates (CPU: compute-bound);
+    ``"always"`` folds wherever allowed (GPU: fewer kernels and memory passes win).
     """
     prog = prog.copy()
     while True:
@@ -97,6 +99,9 @@ def fold_pointwise(prog: Program, max_taps: int = 27) -> Program:
             only_b = readers == [b] or (len(readers) == 1 and isinstance(readers[0], Slice)
                                         and cons.get(readers[0].out, []) == [b])
             if not (a.k == 1 or a.k * a.k * a.cin <= max_taps or only_b):
+                continue
+            taps = a.k * a.k * a.cin
+            if cost == "macs" and taps * b.cout > b.cin * b.cout + (taps * (e - s) if only_b else 0):
                 continue
             w = b.kernel[0, 0]
             k_new = np.einsum("hwio,oc->hwic", a.kernel[..., s:e].astype(np.float64), w).astype(np.float32)
@@ -270,12 +275,12 @@ def regroup(prog: Program, candidates=(8, 6, 4, 3, 2)) -> Program:
 
 
 # ----------------------------------------------------------------------------- pipelines
-def standard(prog: Program, *, merge: bool = True, mix_kernels: bool = False) -> Program:
+def standard(prog: Program, *, merge: bool = True, mix_kernels: bool = False, fold_cost: str = "always") -> Program:
     """Every rewrite, in an order where each one exposes the next."""
     prog = regroup(prog)
     prog = fold_input_copies(prog)
     prog = esa_conv4_first(prog)
-    prog = fold_pointwise(prog)
+    prog = fold_pointwise(prog, cost=fold_cost)
     prog = drop_dead_channels(prog)
     if merge:
         prog = merge_siblings(prog, mix_kernels=mix_kernels)

@@ -29,10 +29,34 @@ def pixel_shuffle(x, r: int):
     return x.transpose(0, 1, 4, 2, 5, 3).reshape(b, h * r, w * r, c // (r * r))
 
 
-def _conv(x, op: Conv, dtype, grouped: str):
+def bilinear_resize(x, h: int, w: int):
+    """Bilinear resize of NHWC ``x`` to ``h x w``, PyTorch ``align_corners=False`` without antialiasing.
+
+    Two taps per axis, gathered and interpolated: O(output) work that fuses with the ops after it
+    (``jax.image.resize`` builds dense interpolation matrices instead).
+    """
+    def axis(v, out: int, ax: int):
+        n = v.shape[ax]
+        if n == out:
+            return v
+        src = np.maximum((np.arange(out, dtype=np.float64) + 0.5) * (n / out) - 0.5, 0.0)
+        i0 = np.minimum(np.floor(src).astype(np.int32), n - 1)
+        i1 = np.minimum(i0 + 1, n - 1)
+        lam = (src - i0).astype(np.float32)
+        shape = [1] * v.ndim
+        shape[ax] = out
+        a, b = jnp.take(v, i0, axis=ax), jnp.take(v, i1, axis=ax)
+        return a + (b - a) * jnp.asarray(lam.reshape(shape), v.dtype)
+
+    return axis(axis(x, h, 1), w, 2)
+
+
+def _conv(x, op: Conv, dtype, grouped: str, pointwise_dot: bool = False):
     dt = jnp.float32 if op.precise else dtype
     x = x.astype(dt)
     k = jnp.asarray(op.kernel, dt)
+    if pointwise_dot and op.k == 1 and op.stride == 1 and op.groups == 1:
+        return jnp.einsum("bhwc,cd->bhwd", x, k[0, 0]) + jnp.asarray(op.bias, dt)
     pad = ((op.pad, op.pad), (op.pad, op.pad))
     dn = ("NHWC", "HWIO", "NHWC")
     if op.groups > 1 and grouped == "loop":
@@ -47,12 +71,12 @@ def _conv(x, op: Conv, dtype, grouped: str):
     return y + jnp.asarray(op.bias, dt)
 
 
-def evaluate(prog: Program, x, dtype=jnp.float32, grouped: str = "grouped"):
+def evaluate(prog: Program, x, dtype=jnp.float32, grouped: str = "grouped", pointwise_dot: bool = False):
     """The program's output for ``x`` ``(B, H, W, 3)`` in [0, 255] (traceable; float32 result)."""
     env = {prog.inp: x.astype(dtype)}
     for op in prog.ops:
         if isinstance(op, Conv):
-            v = _conv(env[op.src], op, dtype, grouped)
+            v = _conv(env[op.src], op, dtype, grouped, pointwise_dot)
         elif isinstance(op, Act):
             s = env[op.src]
             v = leaky_relu(s) if op.kind == "lrelu" else jax.nn.relu(s) if op.kind == "relu" else jax.nn.sigmoid(s)
@@ -75,7 +99,7 @@ def evaluate(prog: Program, x, dtype=jnp.float32, grouped: str = "grouped"):
                                       (1, op.stride, op.stride, 1), "VALID")
         elif isinstance(op, Resize):
             s, like = env[op.src], env[op.like]
-            v = jax.image.resize(s, (*like.shape[:3], s.shape[-1]), "bilinear", antialias=False)
+            v = bilinear_resize(s, like.shape[1], like.shape[2])
         elif isinstance(op, PixelShuffle):
             v = pixel_shuffle(env[op.src], op.r)
         else:  # pragma: no cover - every op kind is handled above
@@ -84,14 +108,14 @@ def evaluate(prog: Program, x, dtype=jnp.float32, grouped: str = "grouped"):
     return env[prog.out].astype(jnp.float32)
 
 
-def compile_program(prog: Program, dtype: str = "float32", grouped: str = "grouped"):
+def compile_program(prog: Program, dtype: str = "float32", grouped: str = "grouped", pointwise_dot: bool = False):
     """``f(x)``: jitted program, ``(B, H, W, 3)`` float in [0, 255] -> float32 SR (compiled per shape)."""
     dt = DTYPES[dtype]
     frozen = prog.copy()
 
     @jax.jit
     def f(x):
-        return evaluate(frozen, x, dt, grouped)
+        return evaluate(frozen, x, dt, grouped, pointwise_dot)
 
     return f
 

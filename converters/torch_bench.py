@@ -1,0 +1,93 @@
+"""PyTorch side of ``prfdn bench``: the reference network, same weights, in every mode a user would pick.
+
+Modes: ``eager`` (NCHW), ``channels_last``, ``cuda_graph`` (CUDA only: one captured graph replayed),
+``compile`` (``torch.compile``) and ``compile_channels_last``. Protocol as NTIRE 2023 RTSR
+(``shared/docs/benchmark-protocol.md``): random input, ``cudnn.benchmark``, fp16/bf16 by casting model
+and input (no autocast), warm-up passes, then device-synchronised timed passes; median and mean are
+reported, compile/capture time apart.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+import torch
+
+MODES = ("eager", "channels_last", "cuda_graph", "compile", "compile_channels_last")
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _sync(dev: str) -> None:
+    if dev == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn, dev: str, warmup: int, runs: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    _sync(dev)
+    times = []
+    for _ in range(runs):
+        if dev == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1e3)
+    return times
+
+
+def bench_torch(model, x: np.ndarray, dtype: str = "float32", modes=None, warmup: int = 2,
+                runs: int = 5) -> list[dict]:
+    """``[{'mode', 'median_ms', 'mean_ms', 'compile_s'}]`` of the PyTorch reference of a prfdn-jax ``model``
+    on ``x`` (NHWC float, [0, 255]); modes that do not apply (CUDA graphs on a CPU) are skipped."""
+    from converters.pruning import to_torch
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.backends.cudnn.benchmark = True
+    dt = _DTYPES[dtype]
+    base = to_torch(model).to(dev).to(dt).eval()
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(dev).to(dt)
+    rows = []
+    for mode in modes or MODES:
+        if mode == "cuda_graph" and dev != "cuda":
+            continue
+        cl = mode in ("channels_last", "compile_channels_last")
+        net = base.to(memory_format=torch.channels_last) if cl else base.to(memory_format=torch.contiguous_format)
+        inp = xt.contiguous(memory_format=torch.channels_last) if cl else xt.contiguous()
+        compile_s = 0.0
+        with torch.no_grad():
+            if mode.startswith("compile"):
+                t = time.perf_counter()
+                fn = torch.compile(net)
+                fn(inp)
+                _sync(dev)
+                compile_s = time.perf_counter() - t
+                call = lambda fn=fn, inp=inp: fn(inp)  # noqa: E731
+            elif mode == "cuda_graph":
+                static = inp.clone()
+                s = torch.cuda.Stream()
+                s.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(s):
+                    for _ in range(3):
+                        net(static)
+                torch.cuda.current_stream().wait_stream(s)
+                t = time.perf_counter()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    net(static)
+                compile_s = time.perf_counter() - t
+                call = graph.replay
+            else:
+                call = lambda net=net, inp=inp: net(inp)  # noqa: E731
+            times = _timed(call, dev, warmup, runs)
+        rows.append({"mode": mode, "median_ms": statistics.median(times), "mean_ms": statistics.fmean(times),
+                     "compile_s": compile_s, "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu"})
+    return rows
