@@ -27,6 +27,8 @@ REWRITES = {
     "regroup": passes.regroup,
     "standard": passes.standard,
     "standard_mixed": lambda p: passes.standard(p, mix_kernels=True),
+    "pad_channels": lambda p: passes.pad_channels(p, 8),
+    "standard_padded": lambda p: passes.standard(p, mix_kernels=True, pad=8),
 }
 
 
@@ -207,3 +209,8 @@ def test_tiled_vs_untiled_on_urban100():
         whole.append(psnr(upscale_array(d, lr, 2), hr, crop=2, y_channel=True))
         tiled.append(psnr(upscale_array(d, lr, 2, tile=128), hr, crop=2, y_channel=True))
     assert abs(np.mean(tiled) - np.mean(whole)) <= 0.05
+
+
+def test_pad_channels_aligns_every_ungrouped_conv():
+    prog = passes.standard(lower_model(NETWORKS[0][1]), mix_kernels=True, pad=8)
+    assert all(op.cout % 8 == 0 for op in prog.convs() if op.groups == 1)

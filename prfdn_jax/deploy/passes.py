@@ -9,8 +9,8 @@ import dataclasses
 
 import numpy as np
 
-from prfdn_jax.deploy.graph import (Add, Concat, Conv, Namer, Program, Resize, Slice, channels, prune_dead,
-                                    rename)
+from prfdn_jax.deploy.graph import (Act, Add, Concat, Conv, MaxPool, Mul, Namer, PixelShuffle, Program, Resize, Slice,
+                                    channels, prune_dead, rename)
 
 
 def _replace_ops(prog: Program, ops) -> Program:
@@ -274,8 +274,67 @@ def regroup(prog: Program, candidates=(8, 6, 4, 3, 2)) -> Program:
     return Program(out, prog.scale, prog.inp, prog.out)
 
 
+# ----------------------------------------------------------------------------- channel alignment
+def pad_channels(prog: Program, multiple: int = 8) -> Program:
+    """Every ungrouped conv's outputs zero-padded to a multiple of ``multiple`` (GPU convs of 24 channels
+    run ~2.5x faster than of 23), and every conv reading a padded value gets zero kernel rows for the
+    padding, so the pad channels never reach a real one. Elementwise ops, pooling and resizing carry the
+    padding along; an add/mul of differently padded values, a concat, PixelShuffle and the output read
+    only the real channels (a slice). Exact.
+    """
+    real = channels(prog)
+    phys = {prog.inp: 3}
+    names = Namer(prog.producer())
+    out = []
+
+    def compact(v: str) -> str:
+        if phys[v] == real[v]:
+            return v
+        name = names(v + ".real")
+        out.append(Slice(name, v, 0, real[v]))
+        phys[name] = real[name] = real[v]
+        return name
+
+    for op in prog.ops:
+        op = dataclasses.replace(op)
+        if isinstance(op, Conv):
+            extra_in = phys[op.src] - real[op.src]
+            if op.groups != 1:
+                op.src = compact(op.src)
+            elif extra_in:
+                op.kernel = np.pad(op.kernel, ((0, 0), (0, 0), (0, extra_in), (0, 0)))
+            pad_out = (-op.cout) % multiple if op.groups == 1 else 0
+            if pad_out:
+                op.kernel = np.pad(op.kernel, ((0, 0), (0, 0), (0, 0), (0, pad_out)))
+                op.bias = np.pad(op.bias, (0, pad_out))
+            phys[op.out] = op.cout
+        elif isinstance(op, (Act, MaxPool)):
+            phys[op.out] = phys[op.src]
+        elif isinstance(op, Resize):
+            phys[op.out] = phys[op.src]
+        elif isinstance(op, (Add, Mul)):
+            if phys[op.a] != phys[op.b]:
+                op.a, op.b = compact(op.a), compact(op.b)
+            phys[op.out] = phys[op.a]
+        elif isinstance(op, Concat):
+            op.srcs = tuple(compact(v) for v in op.srcs)
+            phys[op.out] = sum(phys[v] for v in op.srcs)
+        elif isinstance(op, PixelShuffle):
+            op.src = compact(op.src)
+            phys[op.out] = real[op.out]
+        else:  # Slice: indices of real channels are unchanged (padding is appended)
+            phys[op.out] = real[op.out]
+        out.append(op)
+    result = Program(out, prog.scale, prog.inp, prog.out)
+    if phys[prog.out] != real[prog.out]:
+        result.ops.append(Slice(names(prog.out + ".real"), prog.out, 0, real[prog.out]))
+        result.out = result.ops[-1].out
+    return result
+
+
 # ----------------------------------------------------------------------------- pipelines
-def standard(prog: Program, *, merge: bool = True, mix_kernels: bool = False, fold_cost: str = "always") -> Program:
+def standard(prog: Program, *, merge: bool = True, mix_kernels: bool = False, fold_cost: str = "always",
+             pad: int = 0) -> Program:
     """Every rewrite, in an order where each one exposes the next."""
     prog = regroup(prog)
     prog = fold_input_copies(prog)
@@ -286,4 +345,5 @@ def standard(prog: Program, *, merge: bool = True, mix_kernels: bool = False, fo
         prog = merge_siblings(prog, mix_kernels=mix_kernels)
     prog = residual_identity(prog)
     prog = simplify_slices(prog)
-    return drop_dead_channels(prog)
+    prog = drop_dead_channels(prog)
+    return pad_channels(prog, pad) if pad > 1 else prog
