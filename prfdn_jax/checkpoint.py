@@ -6,13 +6,21 @@ Our model file is a ``.safetensors`` file (no pickle) whose tensors are the flat
 
 A training workdir holds ``arch.json`` and orbax checkpoints ``checkpoints/<step>/{model,opt,data}``
 (:func:`workdir_manager`); parameter and optimizer trees are stored packed, one flat vector per dtype
-(:func:`pack`, :func:`unpack`). Reading a ``.pth`` needs PyTorch (the ``torch`` extra).
+(:func:`pack`, :func:`unpack`). A checkpoint that does not restore (truncated or garbled files, a
+missing item, an empty step folder) is skipped for the newest one that does (:func:`restore_newest`).
+Reading a ``.pth`` needs PyTorch (the ``torch`` extra).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
+import logging
 import os
+import re
+import shutil
+import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -187,9 +195,107 @@ def workdir_manager(workdir: str | os.PathLike, keep: int = 3):
     """The orbax ``CheckpointManager`` of ``workdir/checkpoints`` (created if missing)."""
     import orbax.checkpoint as ocp
 
-    return ocp.CheckpointManager(Path(workdir).resolve() / "checkpoints",
-                                 options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
-                                 item_names=WORKDIR_ITEMS)
+    with quiet_orbax():  # a broken step makes orbax log errors of its own; restore_newest says it in one line
+        return ocp.CheckpointManager(Path(workdir).resolve() / "checkpoints",
+                                     options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+                                     item_names=WORKDIR_ITEMS)
+
+
+@contextlib.contextmanager
+def quiet_orbax():
+    """Silence orbax's absl log lines for a while (kept: CRITICAL)."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+CORRUPT_DIR = "corrupt_checkpoints"  # where run() moves the unreadable checkpoints it skipped
+_STATUS = {"OUT_OF_RANGE": "truncated file", "DATA_LOSS": "corrupt file", "FAILED_PRECONDITION": "corrupt file"}
+
+
+def _step_problem(step_dir: Path, items) -> str | None:
+    """What is visibly wrong with a step folder (None: nothing seen without restoring it)."""
+    if not step_dir.is_dir():
+        return "no step folder"
+    if not any(step_dir.iterdir()):
+        return "empty step folder"
+    for item in items:
+        if not (step_dir / item).is_dir():
+            return f"missing item {item}/"
+        for f in sorted((step_dir / item).rglob("*")):
+            if f.is_file() and (f.name == "_METADATA" or f.suffix == ".json"):
+                try:
+                    json.loads(f.read_bytes())
+                except ValueError:
+                    return f"corrupt file {f.relative_to(step_dir)}: not valid JSON"
+    return None
+
+
+def _restore_problem(e: Exception, step_dir: Path) -> str:
+    """A restore error of ``step_dir`` in a few words (tensorstore's status and the file or item)."""
+    msg = str(e)
+    if isinstance(e, WeightsError):
+        return msg
+    head = msg.split(":", 1)[0]
+    if head in _STATUS:
+        where = ""
+        for f in reversed(re.findall(r'local file "([^"]+)"', msg)):
+            with contextlib.suppress(ValueError):
+                rel = Path(f).resolve().relative_to(step_dir.resolve())
+                where = f" {rel}" if f and not f.endswith("/") else f" in {rel}/"
+                break
+        return _STATUS[head] + where
+    first = msg.splitlines()[0] if msg else ""
+    return f"{type(e).__name__}: {first[:120]}"
+
+
+def unreadable_text(skipped: list[tuple[int, str]]) -> str:
+    """``checkpoint 6 is unreadable (why)`` / ``checkpoints 8, 6 are unreadable (8: why; 6: why)``."""
+    if len(skipped) == 1:
+        return f"checkpoint {skipped[0][0]} is unreadable ({skipped[0][1]})"
+    return (f"checkpoints {', '.join(str(s) for s, _ in skipped)} are unreadable "
+            f"({'; '.join(f'{s}: {why}' for s, why in skipped)})")
+
+
+def restore_newest(workdir, mngr, restore, items=WORKDIR_ITEMS, steps=None):
+    """``(step, restore(mngr, step), skipped)`` of the newest checkpoint that restores.
+
+    ``steps``: the candidates (default: every finished step). ``skipped``: ``[(step, why)]`` of the
+    newer ones that did not restore. ``(None, None, [])`` without any checkpoint; :class:`WeightsError`
+    naming the workdir when none restores.
+    """
+    root = Path(str(mngr.directory))
+    skipped: list[tuple[int, str]] = []
+    for step in sorted(mngr.all_steps() if steps is None else steps, reverse=True):
+        why = _step_problem(root / str(step), items)
+        if why is None:
+            try:
+                with quiet_orbax():
+                    return step, restore(mngr, step), skipped
+            except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types for bad files
+                why = _restore_problem(e, root / str(step))
+        skipped.append((step, why))
+    if skipped:
+        raise WeightsError(f"{workdir}: no readable checkpoint: {unreadable_text(skipped)}")
+    return None, None, []
+
+
+def set_aside(workdir: str | os.PathLike, steps) -> list[Path]:
+    """Move the step folders ``steps`` of ``workdir/checkpoints`` to ``workdir/corrupt_checkpoints``."""
+    root, dest_root = Path(workdir) / "checkpoints", Path(workdir) / CORRUPT_DIR
+    out = []
+    for step in steps:
+        dest, n = dest_root / str(step), 1
+        while dest.exists():
+            dest, n = dest_root / f"{step}.{n}", n + 1
+        dest_root.mkdir(exist_ok=True)
+        shutil.move(str(root / str(step)), str(dest))
+        out.append(dest)
+    return out
 
 
 def host(x) -> np.ndarray:
@@ -243,25 +349,32 @@ def read_workdir_arch(path: str | os.PathLike) -> Arch:
 
 
 def load_workdir_model(path: str | os.PathLike, step: int | None = None) -> nnx.Module:
-    """The network of a training workdir with the parameters of its latest (or ``step``) checkpoint."""
+    """The network of a training workdir with the parameters of its latest (or ``step``) checkpoint.
+
+    An unreadable latest checkpoint is skipped (one-line warning on stderr) for the newest one that reads.
+    """
     import orbax.checkpoint as ocp
 
     p = Path(path)
     arch = read_workdir_arch(p)
     if not (p / "checkpoints").is_dir():
         raise WeightsError(f"{p}: training workdir without checkpoints")
+    graphdef, params, rest = nnx.split(build_abstract(arch), nnx.Param, ...)
+
+    def restore(mngr, s):
+        return unpack(mngr.restore(s, args=ocp.args.Composite(model=ocp.args.StandardRestore()))["model"], params)
+
     mngr = workdir_manager(p)
     try:
-        step = mngr.latest_step() if step is None else step
-        if step is None:
-            raise WeightsError("training workdir without a finished checkpoint")
-        graphdef, params, rest = nnx.split(build_abstract(arch), nnx.Param, ...)
-        r = mngr.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore()))
-        params = unpack(r["model"], params)
-    except WeightsError as e:
-        raise WeightsError(f"{p}: {e}") from None
-    except Exception as e:
-        raise WeightsError(f"{p}: cannot restore checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        have = mngr.all_steps()
+        if step is not None and step not in have:
+            have_text = ", ".join(map(str, sorted(have))) or "none"
+            raise WeightsError(f"{p}: no checkpoint at step {step} (have: {have_text})")
+        found, params, skipped = restore_newest(p, mngr, restore, ("model",), None if step is None else [step])
     finally:
         mngr.close()
+    if found is None:
+        raise WeightsError(f"{p}: training workdir without a finished checkpoint")
+    if skipped:
+        print(f"warning: {p}: {unreadable_text(skipped)}; using step {found}", file=sys.stderr, flush=True)
     return nnx.merge(graphdef, jax.tree.map(jnp.asarray, params), rest)

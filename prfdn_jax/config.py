@@ -3,6 +3,10 @@
 A config is a Python module with ``get_config()`` returning one of them (or a dict of its fields);
 ``path.py:fn`` picks another function (e.g. ``experiments/prfdn_x2.py:tiny``). :func:`load_config`
 takes a module, a module name (``experiments.smoke_x2``), a ``.py`` file, a dict or a config.
+
+Resuming a workdir with another config (:func:`config_changes`, :func:`check_resume`): the network
+(:data:`NETWORK_FIELDS`) and the data-loader layout (:data:`LOADER_FIELDS`) are fixed by its
+checkpoints; everything else (steps, lr, schedule, clipping, data, intervals, validation) may change.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import ast
 import dataclasses
 import importlib
 import importlib.util
+import json
 import math
 import os
 from collections.abc import Sequence
@@ -184,6 +189,25 @@ def override(config, assignments: Sequence[str]):
     return dataclasses.replace(config, **kw)
 
 
+def train_config(config, steps: int | None = None, data_dirs=None, val_dirs=None) -> TrainConfig:
+    """The checked :class:`TrainConfig` of a run: ``config`` (anything :func:`load_config` takes) and overrides."""
+    config = load_config(config)
+    if not isinstance(config, TrainConfig):
+        raise ConfigError(f"train needs a TrainConfig, got {type(config).__name__} (a pipeline config? pick a stage)")
+    if steps is not None:
+        config = config.replace(steps=int(steps))
+    if data_dirs:
+        if isinstance(data_dirs, (str, os.PathLike)):
+            data_dirs = [data_dirs]
+        config = config.replace(data_dirs=tuple(str(d) for d in data_dirs))
+    if val_dirs is not None:
+        config = config.replace(val_dirs=tuple(val_dirs))
+    check_config(config)
+    if not config.data_dirs:
+        raise ConfigError("no training data: give data folders (--data) or set data_dirs in the config")
+    return config
+
+
 def check_config(c: TrainConfig) -> None:
     """:class:`ConfigError` for settings no run can use (steps, schedule, lr, intervals, data settings)."""
     if c.steps < 0:
@@ -201,3 +225,45 @@ def check_config(c: TrainConfig) -> None:
         data_lib.check_settings(c.scale, c.patch, c.batch, c.degradation)
     except data_lib.DataError as e:
         raise ConfigError(str(e)) from None
+
+
+# ----------------------------------------------------------------------------- resuming with another config
+NETWORK_FIELDS = ("layout", "nf", "n_blocks", "scale", "form", "init_weights", "init_strict")
+# grain's saved iterator state has one layout per worker count (0 workers: {'next_index'}; mp_prefetch:
+# per-worker states): restoring it with another count fails ("KeyError: 'exhausted'") or reads another
+# stream. The other data settings restore: the saved position is a batch index into the new stream.
+LOADER_FIELDS = ("workers",)
+
+
+def config_json(config) -> dict:
+    """``config`` as the JSON-compatible dict that ``config.json`` holds (tuples as lists)."""
+    return json.loads(json.dumps(config.to_dict(), default=str))
+
+
+def config_changes(old: dict | None, new: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """``{field: (old value, new value)}`` of the fields of ``new`` that differ from ``old`` (a config.json dict)."""
+    if not old:
+        return {}
+    return {k: (old[k], v) for k, v in config_json(new).items() if k in old and old[k] != v}
+
+
+def _fmt(v) -> str:
+    return v if isinstance(v, str) else json.dumps(v)
+
+
+def describe_changes(changes: dict[str, tuple[Any, Any]]) -> str:
+    """``steps 100 (was 40), lr 0.0001 (was 0.0005)``."""
+    return ", ".join(f"{k} {_fmt(new)} (was {_fmt(old)})" for k, (old, new) in changes.items())
+
+
+def check_resume(workdir, changes: dict[str, tuple[Any, Any]], *, network: bool = True) -> None:
+    """:class:`ConfigError` for changes a workdir's checkpoints cannot take (``network``: check its fields)."""
+    net = {k: changes[k] for k in NETWORK_FIELDS if k in changes} if network else {}
+    if net:
+        raise ConfigError(f"{workdir}: {describe_changes(net)}: the network cannot change in a workdir with "
+                          "checkpoints (they hold the earlier network); use a new workdir")
+    loader = {k: changes[k] for k in LOADER_FIELDS if k in changes}
+    if loader:
+        old = ", ".join(f"{k}={_fmt(o)}" for k, (o, _) in loader.items())
+        raise ConfigError(f"{workdir}: {describe_changes(loader)}: cannot change when resuming (the saved "
+                          f"data-loader state is per worker process); keep {old} or use a new workdir")

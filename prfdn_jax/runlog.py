@@ -1,9 +1,14 @@
-"""A training run's metrics: ``metrics.csv``, TensorBoard events in ``tb/``, ``metrics.png``."""
+"""A workdir's record of its runs (``arch.json``, ``config.json``, ``runs.jsonl``) and a run's metrics
+(``metrics.csv``, TensorBoard events in ``tb/``, ``metrics.png``)."""
 
 from __future__ import annotations
 
 import csv
+import json
+import os
 import sys
+import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -26,6 +31,52 @@ def summary_writer_class():
     finally:
         del sys.modules["torch"]
     return SummaryWriter
+
+
+RUNS = "runs.jsonl"  # one JSON line per run: time, start_step, changes, skipped_checkpoints, config
+
+
+def previous_config(workdir: Path) -> dict | None:
+    """The config of the workdir's latest run (``config.json``, else the last line of ``runs.jsonl``)."""
+    try:
+        d = json.loads((workdir / "config.json").read_text())
+        if isinstance(d, dict):
+            return d
+    except (OSError, ValueError):
+        pass
+    try:
+        lines = (workdir / RUNS).read_text().splitlines()
+        return json.loads(lines[-1])["config"] if lines else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def record_run(workdir: Path, *, arch_json: str, config: dict, start_step: int, changes: dict,
+               skipped: list | None = None) -> None:
+    """Write ``arch.json`` and ``config.json`` (the latest run's) and append this run to ``runs.jsonl``."""
+    _write_text(workdir / "arch.json", arch_json)
+    _write_text(workdir / "config.json", json.dumps(config, indent=1, default=str))
+    entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "start_step": start_step,
+             "changes": {k: {"was": o, "now": n} for k, (o, n) in changes.items()}}
+    if skipped:
+        entry["skipped_checkpoints"] = [{"step": s, "why": why} for s, why in skipped]
+    entry["config"] = config
+    with open(workdir / RUNS, "a") as f:
+        f.write(json.dumps(entry, default=str) + "\n")
 
 
 class MetricsLog:

@@ -10,21 +10,26 @@ with ``networks.set_impl``). Pixels stay in [0, 255]; the loss is ``mean|SR - HR
 
 Workdir layout (reading and writing it: :mod:`prfdn_jax.checkpoint`)::
 
-    arch.json  config.json            the network trained and the config used
+    arch.json  config.json            the network trained and the config of the latest run
+    runs.jsonl                        one line per run: time, start step, changed settings, config
     checkpoints/<step>/{model,opt,data}  orbax: parameters, optimizer state, data iterator state
+    corrupt_checkpoints/<step>        unreadable checkpoints a resume passed over
     metrics.csv  metrics.png  tb/     loss / lr / validation PSNR-Y (CSV, plot, TensorBoard)
 
-Running again with the same workdir resumes from the latest checkpoint; the result is bit-identical
-to an uninterrupted run (same devices). A non-finite loss or gradient stops the run
-(:class:`TrainingDiverged`); checkpoints are only written after the steps before them were checked.
+Running again with the same workdir resumes from the newest readable checkpoint; the result is
+bit-identical to an uninterrupted run (same devices). Settings the checkpoints fix (the network, the
+data-loader workers) cannot change then; the others can (noted on stderr, recorded in ``runs.jsonl``).
+A non-finite loss or gradient stops the run (:class:`TrainingDiverged`); checkpoints are only written
+after the steps before them were checked.
 Validation (``val_dirs``): mean PSNR-Y (``scale`` border pixels cropped) by :func:`prfdn_jax.evaluate.evaluate`.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
 import os
+import sys
 import tempfile
 import time
 import warnings
@@ -38,12 +43,13 @@ import optax
 from flax import nnx
 
 from prfdn_jax import data as data_lib
-from prfdn_jax.checkpoint import (flat_params, host, host_tree, load_any, pack, read_workdir_arch, set_flat_params,
-                                  unpack, workdir_manager)
-from prfdn_jax.config import ConfigError, TrainConfig, check_config, load_config
+from prfdn_jax.checkpoint import (CORRUPT_DIR, flat_params, host, host_tree, load_any, pack, read_workdir_arch,
+                                  restore_newest, set_aside, set_flat_params, unpack, unreadable_text, workdir_manager)
+from prfdn_jax.config import (ConfigError, TrainConfig, check_config, check_resume, config_changes, config_json,
+                              describe_changes, train_config)
 from prfdn_jax.evaluate import EvalSetError, device_forward, evaluate, load_eval_set
 from prfdn_jax.networks import Arch, build_abstract, default_arch, set_impl
-from prfdn_jax.runlog import MetricsLog
+from prfdn_jax.runlog import MetricsLog, previous_config, record_run
 
 __all__ = ["TrainingDiverged", "TrainConfig", "ConfigError", "random_init", "init_model", "make_schedule",
            "make_optimizer", "cached_train_step", "make_train_step", "maybe_initialize_distributed", "train",
@@ -210,25 +216,15 @@ def run(config, workdir, data_dirs=None, steps: int | None = None, model: nnx.Mo
     summary: ``workdir, start_step, step, steps, loss (mean over the last log interval), psnr_y,
     best_psnr_y, devices, processes, per_device_batch, params, wall_s, steps_per_s, arch, losses``
     (``[(step, loss)]`` of every logged interval of this run), ``batch_shards`` (the LR batch shapes
-    held by this process's devices, first step).
+    held by this process's devices, first step), ``skipped_checkpoints`` (``[(step, why)]``: unreadable
+    checkpoints passed over, moved to ``corrupt_checkpoints/``).
+
+    Resuming with another config: :func:`prfdn_jax.config.check_resume` refuses what the checkpoints
+    cannot take; the rest is noted on stderr and recorded in ``runs.jsonl``.
     """
-    import orbax.checkpoint as ocp
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-    config = load_config(config)
-    if not isinstance(config, TrainConfig):
-        raise ConfigError(f"train needs a TrainConfig, got {type(config).__name__} (a pipeline config? pick a stage)")
-    if steps is not None:
-        config = config.replace(steps=int(steps))
-    if data_dirs:
-        if isinstance(data_dirs, (str, os.PathLike)):
-            data_dirs = [data_dirs]
-        config = config.replace(data_dirs=tuple(str(d) for d in data_dirs))
-    if val_dirs is not None:
-        config = config.replace(val_dirs=tuple(val_dirs))
-    check_config(config)
-    if not config.data_dirs:
-        raise ConfigError("no training data: give data folders (--data) or set data_dirs in the config")
+    config = train_config(config, steps, data_dirs, val_dirs)
     maybe_initialize_distributed(config)
 
     workdir = Path(workdir)
@@ -241,14 +237,17 @@ def run(config, workdir, data_dirs=None, steps: int | None = None, model: nnx.Mo
     is_main = proc == 0
 
     # network: the checkpoint's, else the given one, else the config's
+    created = not workdir.exists()
     workdir.mkdir(parents=True, exist_ok=True)
     mngr = workdir_manager(workdir, config.keep)
     try:
-        latest = mngr.latest_step()
-        if latest is not None:
+        have = mngr.all_steps()
+        previous = previous_config(workdir)
+        if have:  # resuming: the network and the data-loader layout are the checkpoints'
             arch = read_workdir_arch(workdir)
             if model is not None and model.arch != arch:
                 raise ConfigError(f"{workdir}: holds a checkpoint of another network; use a new workdir")
+            check_resume(workdir, config_changes(previous, config), network=model is None)
             model = build_abstract(arch)
         elif model is None:
             model = init_model(config)
@@ -257,31 +256,35 @@ def run(config, workdir, data_dirs=None, steps: int | None = None, model: nnx.Mo
         if arch.scale != config.scale:
             config = config.replace(scale=arch.scale)
             check_config(config)
+        val_set = _val_set(config)
         it = data_lib.make_iterator(config.data_dirs, scale=config.scale, patch=config.patch,
                                     batch=config.batch // n_proc, degradation=config.degradation,
                                     augment=config.augment, seed=config.seed, workers=config.workers,
                                     shard=(proc, n_proc))
-        if is_main:
-            (workdir / "arch.json").write_text(arch.to_json())
-            (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=1, default=str))
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         tx, sched = make_optimizer(config)
         try:
-            if latest is not None:
-                import grain
-
-                r = mngr.restore(latest, args=ocp.args.Composite(
-                    model=ocp.args.StandardRestore(), opt=ocp.args.StandardRestore(),
-                    data=grain.checkpoint.CheckpointRestore(it)))
-                params = jax.device_put(unpack(r["model"], params), repl)
-                opt_state = jax.device_put(unpack(r["opt"], jax.eval_shape(tx.init, params)), repl)
-                start = latest
-            else:
+            start, state, skipped = _restore(workdir, mngr, it, params, tx) if have else (None, None, [])
+            if start is None:
                 params = jax.device_put(params, repl)
                 opt_state = jax.jit(tx.init, out_shardings=repl)(params)
                 start = 0
+            else:
+                params, opt_state = (jax.device_put(x, repl) for x in state)
+                if config.steps < start:
+                    raise ConfigError(f"{workdir}: steps {config.steps} is below its checkpoint's step {start}; "
+                                      f"use steps >= {start} or a new workdir")
+                if skipped:
+                    mngr = _set_aside(workdir, mngr, skipped, start, config.keep, is_main)
+            changes = config_changes(previous, config)
+            if is_main:
+                record_run(workdir, arch_json=arch.to_json(), config=config_json(config), start_step=start,
+                           changes=changes, skipped=skipped)
+                if start and changes:
+                    print(f"note: {workdir}: continuing with {describe_changes(changes)}", file=sys.stderr,
+                          flush=True)
             summary = _loop(config, workdir, mngr, it, graphdef, rest, params, opt_state, tx, sched, start,
-                            repl, batch_sharding, is_main, verbose)
+                            repl, batch_sharding, is_main, verbose, val_set)
         finally:
             if hasattr(it, "close"):
                 it.close()
@@ -289,11 +292,50 @@ def run(config, workdir, data_dirs=None, steps: int | None = None, model: nnx.Mo
     finally:
         mngr.wait_until_finished()
         mngr.close()
+        _tidy(workdir, created)
     summary.update(devices=n_dev, processes=n_proc, per_device_batch=config.batch // n_dev,
-                   arch=arch.to_json(), workdir=str(workdir))
+                   arch=arch.to_json(), workdir=str(workdir), skipped_checkpoints=skipped)
     trained = nnx.merge(graphdef, jax.tree.map(jnp.asarray, host_tree(params)), rest)
     summary["params"] = sum(int(np.size(v)) for v in jax.tree.leaves(nnx.state(trained, nnx.Param)))
     return trained, summary
+
+
+def _restore(workdir, mngr, it, params, tx):
+    """``(step, (params, opt_state), skipped)`` of the newest readable checkpoint; restores ``it`` too."""
+    import grain
+    import orbax.checkpoint as ocp
+
+    def restore(m, step):
+        r = m.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore(),
+                                                     opt=ocp.args.StandardRestore(),
+                                                     data=grain.checkpoint.CheckpointRestore(it)))
+        p = unpack(r["model"], params)
+        return p, unpack(r["opt"], jax.eval_shape(tx.init, p))
+
+    return restore_newest(workdir, mngr, restore)
+
+
+def _set_aside(workdir, mngr, skipped, start, keep, is_main):
+    """Move the skipped (unreadable) checkpoints out of ``checkpoints/`` (the run writes those steps again)."""
+    mngr.close()
+    if is_main:
+        moved = set_aside(workdir, [s for s, _ in skipped])
+        where = moved[0] if len(moved) == 1 else workdir / CORRUPT_DIR
+        print(f"warning: {workdir}: {unreadable_text(skipped)}, moved to {where}; resuming from step {start}",
+              file=sys.stderr, flush=True)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("prfdn_set_aside")
+    return workdir_manager(workdir, keep)
+
+
+def _tidy(workdir: Path, created: bool) -> None:
+    """After a run that saved nothing: no empty ``checkpoints/``, nor an empty workdir this run created."""
+    for d in [workdir / "checkpoints"] + ([workdir] if created else []):
+        with contextlib.suppress(OSError):
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
 
 
 def _val_set(config: TrainConfig) -> list:
@@ -307,13 +349,12 @@ def _val_set(config: TrainConfig) -> list:
 
 
 def _loop(config, workdir, mngr, it, graphdef, rest, params, opt_state, tx, sched, start, repl, batch_sharding,
-          is_main, verbose):
+          is_main, verbose, val_set):
     import grain
     import orbax.checkpoint as ocp
 
     total = config.steps
     step_fn = cached_train_step(config, graphdef, rest, repl, batch_sharding)
-    val_set = _val_set(config)
     log = MetricsLog(workdir, start, enabled=is_main)
     pbar = None
     if verbose and is_main:

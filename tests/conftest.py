@@ -6,6 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from prfdn_jax.impls import configure_xla_flags
+
+# the same XLA flags `prfdn` sets for its own runs, so in-process and subprocess runs compute alike
+configure_xla_flags()
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PRFDN_SHARED", ROOT.parent / "shared"))
 

@@ -23,7 +23,12 @@ from prfdn_jax.cli import main
 from prfdn_jax.config import ConfigError, TrainConfig, load_config, override
 
 from conftest import ROOT, shared_path  # noqa: E402
+from prfdn_jax.impls import configure_xla_flags
+
 SMOKE = str(ROOT / "experiments" / "smoke_x2.py")
+# The XLA flags `prfdn` sets for its own runs, here too (before JAX starts a backend): the runs in this
+# process and the `prfdn train` subprocesses must compile the same code to agree bit for bit.
+configure_xla_flags()
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +93,11 @@ def test_workdir_files_and_metrics(runs):
     assert [int(r["step"]) for r in rows_b] == [1, 2, 3, 4, 5, 6]
     cfg = json.loads((a / "config.json").read_text())
     assert cfg["nf"] == 8 and cfg["steps"] == 6
+    # runs.jsonl: one line per run, with what changed against the run before
+    runs_b = [json.loads(line) for line in (runs["root"] / "B" / "runs.jsonl").read_text().splitlines()]
+    assert [r["start_step"] for r in runs_b] == [0, 3]
+    assert runs_b[0]["changes"] == {} and runs_b[1]["changes"] == {"steps": {"was": 3, "now": 6}}
+    assert runs_b[1]["config"] == json.loads((runs["root"] / "B" / "config.json").read_text())
 
 
 def test_load_workdir_model_and_load_any(runs, tmp_path):
