@@ -5,7 +5,7 @@ The key table, detection and checks are the spec's (:mod:`prfdn_jax.spec.keys`: 
 This module only converts the tensors: PyTorch OIHW <-> Flax HWIO (``transpose(2, 3, 1, 0)``), biases
 unchanged, stacked layers gain a leading branch axis. Pure transposes and stacking: a round trip is
 bit-exact. The state dict is plain tensors (``numpy`` arrays or ``torch.Tensor`` both work); torch is
-imported only to read a ``.pth`` file (:func:`read_pth`).
+imported only to read a ``.pth`` file (:func:`read_pth`, :func:`read_pth_with_notes`).
 """
 
 from __future__ import annotations
@@ -19,28 +19,45 @@ from prfdn_jax.spec import (Arch, StateDictError, arch_from_state_dict, check_st
                             expected_shapes, is_stacked)
 
 __all__ = ["StateDictError", "arch_from_state_dict", "check_state_dict", "conv_table", "expected_shapes",
-           "flat_params_from_state_dict", "read_pth", "state_dict_from_flat_params", "to_numpy"]
+           "flat_params_from_state_dict", "read_pth", "read_pth_with_notes", "state_dict_from_flat_params", "to_numpy"]
 
 
-def read_pth(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """A ``.pth`` state dict as float32 numpy arrays. ``weights_only=True``: never executes pickled code.
+def read_pth_with_notes(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], list[str]]:
+    """A ``.pth`` state dict as float32 numpy arrays, and notes on what was converted.
 
-    Unwraps ``{'params' | 'state_dict' | 'model': sd}`` and strips DataParallel's ``module.`` prefix.
+    ``weights_only=True``: never executes pickled code. Unwraps ``{'params_ema' | 'params' |
+    'state_dict' | 'model': sd}`` (BasicSR saves both ``params`` and ``params_ema``: the EMA weights
+    are used and a note says so), strips DataParallel's ``module.`` prefix and converts float16 /
+    bfloat16 / float64 tensors to float32 (:func:`prfdn_jax.foreign.unwrap_state_dict`; one note each).
     Raises :class:`StateDictError` (one line, naming the file) if the file is not a state dict.
     """
     import torch
 
+    from prfdn_jax.foreign import as_float32, unwrap_state_dict
+
     try:
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - weights_only unpickling fails in many ways; all mean "not loadable"
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise StateDictError(f"{path}: not a loadable PyTorch state dict ({msg})") from None
-    for wrap in ("params", "state_dict", "model"):
-        if isinstance(sd, dict) and isinstance(sd.get(wrap), dict):
-            sd = sd[wrap]
-    if not isinstance(sd, Mapping) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+    sd, notes = unwrap_state_dict(obj, f"{path}: ")
+    if not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise StateDictError(f"{path}: not a PyTorch state dict (expected a dict of tensors)")
-    return {k.removeprefix("module."): v.detach().float().numpy() for k, v in sd.items()}
+    dtypes = {k: v.dtype for k, v in sd.items()}
+    sd = {k: v.detach().float().numpy() for k, v in sd.items()}  # bfloat16 has no numpy dtype: via float32
+    converted: dict[str, int] = {}
+    for dt in dtypes.values():
+        if dt != torch.float32:
+            name = str(dt).removeprefix("torch.")
+            converted[name] = converted.get(name, 0) + 1
+    notes += [f"converted {n} {dt} tensor{'s' if n > 1 else ''} to float32" for dt, n in sorted(converted.items())]
+    sd, _ = as_float32(sd)
+    return sd, notes
+
+
+def read_pth(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """A ``.pth`` state dict as float32 numpy arrays (:func:`read_pth_with_notes` without the notes)."""
+    return read_pth_with_notes(path)[0]
 
 
 def to_numpy(v) -> np.ndarray:

@@ -17,7 +17,8 @@ Public API
 ----------
 ``ESA``, ``RFDB``, ``SRFDB``, ``RFDN``, ``BranchNet``, ``MergedNet``, ``WideNet`` (grouped convs),
 ``esa_widths``, ``rfdb_widths``, ``merged_widths``, ``widths_from_state_dict``,
-``build_from_state_dict``, ``count_params``, ``kernel_of``, ``ACT_SLOPE``.
+``build_from_state_dict`` (released keys, or the grouped WideNet layout), ``count_params``, ``kernel_of``,
+``ACT_SLOPE``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from torch import nn
 from converters.torch_blocks import (ACT_SLOPE, ESA, RFDB, SRFDB, _check, _conv, _raise_first, _sub, _upsampler,
                                      count_params, esa_widths, kernel_of, rfdb_widths)
 from prfdn_jax import spec
+from prfdn_jax.foreign import is_wide_state_dict, wide_arch_from_state_dict
 from prfdn_jax.spec import (LAYOUTS, Arch, Widths, block_prefix, conv_table, default_arch, scale_from_upsampler,
                             width_errors)
 
@@ -354,8 +356,18 @@ def _detect(sd: Mapping[str, torch.Tensor]) -> Arch:
 
 
 def build_from_state_dict(sd: Mapping[str, torch.Tensor]) -> nn.Module:
-    """Recognise RFDN / branch / merged networks from keys and shapes, build, load strictly, eval()."""
+    """Recognise RFDN / branch / merged networks from keys and shapes, build, load strictly, eval().
+
+    The grouped-conv layout of :class:`WideNet` (``fea.<b>``, ``srfdb.*``, ``stages.<d>.*``: what
+    ``prfdn export --format torch`` writes for a wide network) is recognised too
+    (:func:`prfdn_jax.foreign.wide_arch_from_state_dict`) and gives a :class:`WideNet`.
+    """
     sd = _unwrap(sd)
+    if is_wide_state_dict(sd):
+        arch = wide_arch_from_state_dict(sd)
+        wide = WideNet(arch.w, arch.layout, arch.scale)
+        _load_strict(wide, sd)
+        return wide.eval()
     arch = _detect(sd)
     if arch.form == "merged":
         net: nn.Module = MergedNet(widths_from_state_dict(sd), arch.layout)

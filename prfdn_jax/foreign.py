@@ -1,0 +1,259 @@
+"""Checkpoints from other trainers (BasicSR style) and our own PyTorch exports, without PyTorch.
+
+A state dict here is a mapping of key -> array (numpy arrays, or anything with ``.shape``). This module
+reads the layouts a user may bring and returns the state dict plus *notes*, one line per conversion:
+
+* wrappers ``{'params_ema': sd, 'params': sd}`` (BasicSR: the EMA weights are preferred and a note
+  says which was used), ``{'state_dict': sd}``, ``{'model': sd}``, nested in any order;
+* DataParallel / DDP ``module.`` prefixes (stripped);
+* float16 / bfloat16 / float64 tensors (converted to float32);
+* ``.safetensors`` files WITHOUT our prfdn-jax metadata (:func:`read_foreign_safetensors`);
+* the grouped-conv layout of the PyTorch ``WideNet`` (``prfdn export --format torch`` of a wide
+  network: ``fea.<b>``, ``srfdb.*``, ``stages.<d>.*``, ``c``, ``LR_conv``, ``upsampler.0``):
+  :func:`wide_arch_from_state_dict` and :func:`flat_from_wide_state_dict`.
+
+:func:`arch_and_flat_from_state_dict` turns any of these into ``(Arch, flat parameters)`` for
+:func:`prfdn_jax.checkpoint.model_from_flat`; an architecture we do not know raises one
+:class:`~prfdn_jax.spec.StateDictError` line naming the first keys that did not match.
+``.pth`` files are read by :func:`converters.state_dict.read_pth_with_notes` (needs torch), which
+uses :func:`unwrap_state_dict` from here. Numpy, safetensors and the spec only: no torch, no jax.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+
+import numpy as np
+
+from prfdn_jax.spec import (LAYOUTS, Arch, StateDictError, arch_from_state_dict, c5_columns, check_state_dict,
+                            conv_table, groupcat_perm, is_stacked, scale_from_upsampler, width_errors)
+
+__all__ = ["WRAPPERS", "arch_and_flat_from_state_dict", "as_float32", "flat_from_released_state_dict",
+           "flat_from_wide_state_dict", "is_wide_state_dict", "read_foreign_safetensors", "unmatched_keys",
+           "unwrap_state_dict", "wide_arch_from_state_dict"]
+
+WRAPPERS = ("params_ema", "params", "state_dict", "model")  # preference order when several are present
+_MAX_NAMED = 3  # keys named in an "unknown architecture" message
+
+_BLOCK = r"(?:c\d+_[dr]|c4|c5|cat_p|esa\.(?:conv1|conv_f|conv_max|conv2|conv3|conv3_|conv4))"
+_KNOWN_KEY = re.compile(
+    r"^(?:fea_conv\d*|fea\.\d+|(?:B2S\d+|B\d+|srfdb|stages\.\d+)\." + _BLOCK +
+    r"|c|c\.0|LR_conv|upsampler\.0|split|split_left|split_right|cat_p)\.(?:weight|bias)$")
+
+
+def _is_array(v) -> bool:
+    return hasattr(v, "shape") and hasattr(v, "dtype")
+
+
+def unwrap_state_dict(obj, where: str = "") -> tuple[dict, list[str]]:
+    """``(state dict, notes)`` of a loaded checkpoint object: wrappers unwrapped, ``module.`` stripped.
+
+    Several wrappers at one level (BasicSR saves ``params`` and ``params_ema``): the first of
+    :data:`WRAPPERS` wins and a note names it. Values are left as they are (see :func:`as_float32`).
+    Raises :class:`StateDictError` (naming ``where``) if the result is not a non-empty dict of arrays.
+    """
+    notes: list[str] = []
+    sd = obj
+    while isinstance(sd, Mapping):
+        found = [k for k in WRAPPERS if isinstance(sd.get(k), Mapping)]
+        if not found:
+            break
+        key = found[0]
+        if len(found) > 1 or key == "params_ema":
+            others = [k for k in sd if k != key]
+            notes.append(f"using the {key!r} weights" + (f" (also in the file: {', '.join(map(repr, others))})"
+                                                          if others else ""))
+        sd = sd[key]
+    if not isinstance(sd, Mapping) or not sd or not all(_is_array(v) for v in sd.values()):
+        raise StateDictError(f"{where}not a PyTorch state dict (expected a dict of tensors)")
+    sd = dict(sd)
+    prefixed = [k for k in sd if k.startswith("module.")]
+    if prefixed:
+        sd = {k.removeprefix("module."): v for k, v in sd.items()}
+        notes.append(f"stripped the DataParallel 'module.' prefix from {len(prefixed)} keys")
+    return sd, notes
+
+
+def as_float32(sd: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Every array as float32 numpy; one note per source dtype that was converted (e.g. float16)."""
+    out, converted = {}, {}
+    for k, v in sd.items():
+        a = np.asarray(v)
+        if a.dtype != np.float32:
+            converted[str(a.dtype)] = converted.get(str(a.dtype), 0) + 1
+            a = a.astype(np.float32)
+        out[k] = a
+    notes = [f"converted {n} {dt} tensor{'s' if n > 1 else ''} to float32" for dt, n in sorted(converted.items())]
+    return out, notes
+
+
+def read_foreign_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], list[str]]:
+    """A ``.safetensors`` state dict from another trainer (no prfdn-jax metadata): ``(float32 sd, notes)``.
+
+    Keys under a wrapper prefix (``params_ema.``, ``params.`` ...) are unwrapped as the dict wrappers
+    of a ``.pth`` would be. Raises :class:`StateDictError` (one line) for an unreadable file.
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            sd = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types for a bad header or dtype
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StateDictError(f"{path}: not a readable safetensors file ({msg})") from None
+    nested: dict = {}
+    for k, v in sd.items():
+        head, dot, rest = k.partition(".")
+        if dot and head in WRAPPERS:
+            nested.setdefault(head, {})[rest] = v
+        else:
+            nested[k] = v
+    sd, notes = unwrap_state_dict(nested, f"{path}: ")
+    sd, more = as_float32(sd)
+    return sd, notes + more
+
+
+# ----------------------------------------------------------------------------- the WideNet layout
+def is_wide_state_dict(sd: Mapping[str, object]) -> bool:
+    """Whether ``sd`` has the grouped-conv layout of the PyTorch ``WideNet`` (keys ``fea.<b>.weight``)."""
+    return "fea.0.weight" in sd and "upsampler.0.weight" in sd
+
+
+def _shape(v) -> tuple[int, ...]:
+    return tuple(int(s) for s in v.shape)
+
+
+def _wide_parts(layout: str, depth: int) -> list[tuple[str, int]]:
+    n, s, _ = LAYOUTS[layout]
+    return ([("srfdb", s)] if s else []) + [(f"stages.{d}", n) for d in range(depth)]
+
+
+def wide_arch_from_state_dict(sd: Mapping[str, object]) -> Arch:
+    """The ``form='wide'`` :class:`Arch` of a ``WideNet`` state dict (per-branch widths from the grouped
+    conv shapes). Raises :class:`StateDictError` naming the first missing, extra or mis-shaped key."""
+    if not is_wide_state_dict(sd):
+        raise StateDictError("not a WideNet state dict: no 'fea.0.weight' / 'upsampler.0.weight' key")
+    n = sum(1 for k in sd if re.fullmatch(r"fea\.\d+\.weight", k))
+    has_srfdb = any(k.startswith("srfdb.") for k in sd)
+    layout = next((k for k, lay in LAYOUTS.items() if lay.branches == n and (lay.srfdb > 0) == has_srfdb), None)
+    if layout is None:
+        raise StateDictError(f"unrecognised WideNet layout: {n} first convs, SRFDB={has_srfdb}")
+    depth = len({m.group(1) for k in sd if (m := re.match(r"stages\.(\d+)\.", k))})
+    if depth == 0:
+        raise StateDictError("WideNet state dict without 'stages.0.*' keys")
+    fea = _shape(sd["fea.0.weight"])
+    widths = {"fea": (fea[1], fea[0])}
+    for part, g in _wide_parts(layout, depth):
+        for k in sorted(sd):
+            if k.startswith(part + ".") and k.endswith(".weight"):
+                name, (o, i, *_) = k[: -len(".weight")], _shape(sd[k])
+                widths[name] = (i // g, o // g) if name.endswith(".c5") else (i, o // g)
+    for name, key in (("c", "c"), ("LR_conv", "LR_conv"), ("upsampler", "upsampler.0")):
+        if key + ".weight" not in sd:
+            raise StateDictError(f"missing key '{key}.weight'")
+        o, i, *_ = _shape(sd[key + ".weight"])
+        widths[name] = (i, o)
+    try:
+        scale = scale_from_upsampler(widths["upsampler"][1])
+        arch = Arch.make("wide", layout, scale, widths)
+    except ValueError as e:
+        raise StateDictError(f"WideNet state dict: {e}") from None
+    errs = width_errors(arch)
+    if errs:
+        raise StateDictError(f"WideNet state dict: conv {errs[0][0]!r} does not fit the layers it connects to")
+    expected = set(_wide_keys(arch))
+    for k in sd:
+        if k not in expected:
+            raise StateDictError(f"unexpected key {k!r} (shape {_shape(sd[k])}) in a WideNet state dict")
+    for k in expected:
+        if k not in sd:
+            raise StateDictError(f"missing key {k!r} in a WideNet state dict")
+    return arch
+
+
+def _wide_keys(arch: Arch) -> list[str]:
+    names = [f"fea.{b}" for b in range(arch.branches)]
+    names += [k for k in arch.w if k.startswith(("srfdb.", "stages."))] + ["c", "LR_conv", "upsampler.0"]
+    return [f"{p}.{t}" for p in names for t in ("weight", "bias")]
+
+
+def _hwio(w: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(w, np.float32).transpose(2, 3, 1, 0))
+
+
+def flat_from_wide_state_dict(sd: Mapping[str, np.ndarray], arch: Arch) -> dict[str, np.ndarray]:
+    """``WideNet`` state dict (numpy) -> flat prfdn-jax parameters of the wide ``arch``.
+
+    The torch-free twin of :func:`converters.pruning.flat_from_wide_state_dict` (tests check they agree);
+    raises :class:`StateDictError` if a dense ``c5`` has weight outside its branch blocks.
+    """
+    sd = {k: np.asarray(v, np.float32) for k, v in sd.items()}
+    n, w = arch.branches, arch.w
+    flat = {"fea.kernel": np.stack([_hwio(sd[f"fea.{b}.weight"]) for b in range(n)]),
+            "fea.bias": np.stack([sd[f"fea.{b}.bias"] for b in range(n)])}
+    for part, g in _wide_parts(arch.layout, arch.depth):
+        for name in (k for k in w if k.startswith(part + ".")):
+            weight, cout = sd[name + ".weight"], w[name][1]
+            if name.endswith(".c5"):
+                cols = [c5_columns(w, part + ".", g, b) for b in range(g)]
+                mask = np.zeros(weight.shape[:2], bool)
+                for b in range(g):
+                    mask[b * cout:(b + 1) * cout, cols[b]] = True
+                if np.any(weight[~mask] != 0):
+                    raise StateDictError(f"{name}.weight: weights outside the branch blocks; not a stacked network")
+                ks = [_hwio(weight[b * cout:(b + 1) * cout][:, cols[b]]) for b in range(g)]
+            else:
+                ks = [_hwio(weight[b * cout:(b + 1) * cout]) for b in range(g)]
+            flat[name + ".kernel"] = np.stack(ks)
+            flat[name + ".bias"] = sd[name + ".bias"].reshape(g, cout)
+    perm = groupcat_perm([w[f"stages.{d}.c5"][1] for d in range(arch.depth)], n)
+    flat["c.kernel"], flat["c.bias"] = _hwio(sd["c.weight"][:, perm]), sd["c.bias"]
+    flat["LR_conv.kernel"], flat["LR_conv.bias"] = _hwio(sd["LR_conv.weight"]), sd["LR_conv.bias"]
+    flat["upsampler.kernel"], flat["upsampler.bias"] = _hwio(sd["upsampler.0.weight"]), sd["upsampler.0.bias"]
+    return {k: np.ascontiguousarray(v, np.float32) for k, v in flat.items()}
+
+
+# ----------------------------------------------------------------------------- released layout
+def flat_from_released_state_dict(sd: Mapping[str, np.ndarray], arch: Arch) -> dict[str, np.ndarray]:
+    """Released-key state dict -> flat prfdn-jax parameters (as :mod:`converters.state_dict`, torch-free)."""
+    check_state_dict(sd, arch)
+    flat = {}
+    for name, prefixes in conv_table(arch):
+        ks = [_hwio(sd[p + ".weight"]) for p in prefixes]
+        bs = [np.asarray(sd[p + ".bias"], np.float32) for p in prefixes]
+        stacked = is_stacked(arch, name)
+        flat[name + ".kernel"] = np.stack(ks) if stacked else ks[0]
+        flat[name + ".bias"] = np.stack(bs) if stacked else bs[0]
+    return flat
+
+
+def unmatched_keys(sd: Mapping[str, object]) -> list[str]:
+    """Keys that are no RFDN / PRFDN conv parameter name (released or WideNet layout), in file order."""
+    return [k for k in sd if not _KNOWN_KEY.match(k)]
+
+
+def arch_and_flat_from_state_dict(sd: Mapping[str, np.ndarray], form: str | None = None
+                                  ) -> tuple[Arch, dict[str, np.ndarray]]:
+    """``(Arch, flat parameters)`` of a float32 numpy state dict in the released or the WideNet layout.
+
+    ``form`` as :func:`prfdn_jax.spec.arch_from_state_dict` (released branch checkpoints: 'branch' or
+    'wide'). An unknown architecture raises one :class:`StateDictError` line that names the first keys
+    that did not match (or, when every key has a known name, the spec's message naming the bad key).
+    """
+    try:
+        if is_wide_state_dict(sd):
+            arch = wide_arch_from_state_dict(sd)
+            if form not in (None, "wide", "branch"):
+                raise StateDictError(f"a WideNet checkpoint cannot be read as form {form!r}")
+            return (arch.replace(form=form) if form else arch), flat_from_wide_state_dict(sd, arch)
+        arch = arch_from_state_dict(sd, form)
+        return arch, flat_from_released_state_dict(sd, arch)
+    except StateDictError as e:
+        bad = unmatched_keys(sd)
+        if not bad:
+            raise
+        named = ", ".join(repr(k) for k in bad[:_MAX_NAMED]) + (f" (+{len(bad) - _MAX_NAMED} more)"
+                                                                 if len(bad) > _MAX_NAMED else "")
+        raise StateDictError(f"{e}; unknown architecture, first keys that did not match: {named}") from None

@@ -1,0 +1,135 @@
+"""``prfdn verify``: the same input through JAX, the PyTorch reference and an ONNX file; compare them.
+
+:func:`verify` runs one image (or a deterministic random 64x64 one) through
+
+* ``jax``: the deployed network (:func:`prfdn_jax.deploy.deploy`, what ``prfdn upscale`` runs);
+* ``torch``: the PyTorch reference (:mod:`converters.torch_modules`) holding the model's exported
+  state dict, or an exported ``.pth`` given as ``torch_path`` (needs the ``torch`` extra);
+* ``onnx`` (when ``onnx_path`` is given): that file in onnxruntime on the CPU (the ``onnx`` extra);
+
+and reports, for each pair, the max abs difference and the PSNR between the float outputs on
+[0, 255] (before clamping and rounding). :attr:`VerifyResult.ok` is False when a difference exceeds
+the tolerance (default 1e-2), so the CLI can exit non-zero.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import os
+
+import numpy as np
+
+from prfdn_jax.extras import require_torch
+
+__all__ = ["DEFAULT_TOLERANCE", "Comparison", "VerifyError", "VerifyResult", "random_input", "verify"]
+
+DEFAULT_TOLERANCE = 1e-2
+RANDOM_SIZE = 64
+
+
+class VerifyError(ValueError):
+    """The check could not run (bad input, outputs of different shapes); one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    a: str
+    b: str
+    max_abs: float
+    psnr: float  # dB on [0, 255]; inf when identical
+
+    def line(self) -> str:
+        psnr = "inf" if math.isinf(self.psnr) else f"{self.psnr:.2f}"
+        return f"{self.a} vs {self.b}: max abs diff {self.max_abs:.3g}, PSNR {psnr} dB"
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyResult:
+    input: str             # 'random 64x64 (seed 0)' or the image path
+    shape: tuple           # (H, W) of the input
+    tolerance: float
+    comparisons: tuple     # of Comparison, one per pair of runtimes
+
+    @property
+    def ok(self) -> bool:
+        return all(c.max_abs <= self.tolerance for c in self.comparisons)
+
+    @property
+    def worst(self) -> float:
+        return max(c.max_abs for c in self.comparisons)
+
+    def lines(self) -> list[str]:
+        """The report: one line per pair, then a verdict line."""
+        h, w = self.shape
+        verdict = "OK" if self.ok else "FAILED"
+        return ([c.line() for c in self.comparisons] +
+                [f"{verdict}: largest difference {self.worst:.3g} (tolerance {self.tolerance:g}) "
+                 f"on {self.input} ({w}x{h})"])
+
+    def to_dict(self) -> dict:
+        return {"input": self.input, "height": self.shape[0], "width": self.shape[1], "tolerance": self.tolerance,
+                "ok": self.ok, "comparisons": [{"a": c.a, "b": c.b, "max_abs": c.max_abs,
+                                                "psnr": None if math.isinf(c.psnr) else c.psnr}
+                                               for c in self.comparisons]}
+
+
+def random_input(size: int = RANDOM_SIZE, seed: int = 0) -> np.ndarray:
+    """A deterministic ``(size, size, 3)`` uint8 image: a smooth colour ramp plus noise (image-like)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1)
+    base = np.stack([xx, yy, 1 - (xx + yy) / 2], -1) * 200 + 20
+    return np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+
+
+def _compare(a: str, b: str, ya: np.ndarray, yb: np.ndarray) -> Comparison:
+    if ya.shape != yb.shape:
+        raise VerifyError(f"{a} and {b} give outputs of different shapes: {ya.shape} vs {yb.shape}")
+    d = ya.astype(np.float64) - yb.astype(np.float64)
+    mse = float(np.mean(d * d))
+    return Comparison(a, b, float(np.abs(d).max()), math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse))
+
+
+def verify(model, image: str | os.PathLike | np.ndarray | None = None, onnx_path: str | os.PathLike | None = None,
+           tolerance: float = DEFAULT_TOLERANCE, torch_path: str | os.PathLike | None = None,
+           seed: int = 0) -> VerifyResult:
+    """Run ``image`` (a path, an ``(H, W, 3)`` uint8 array, or None: :func:`random_input`) through the
+    deployed JAX network, the PyTorch reference (``model``'s own weights, or the export ``torch_path``)
+    and ``onnx_path`` if given; compare every pair (see the module doc)."""
+    from prfdn_jax.deploy import deploy
+    from prfdn_jax.spec import MIN_SIZE
+
+    if not tolerance >= 0:
+        raise VerifyError(f"tolerance must be >= 0, got {tolerance}")
+    if image is None:
+        img, label = random_input(seed=seed), f"random {RANDOM_SIZE}x{RANDOM_SIZE} (seed {seed})"
+    elif isinstance(image, np.ndarray):
+        img, label = image, "the given array"
+    else:
+        from prfdn_jax.imaging import read_image
+
+        img, label = read_image(image).rgb, str(image)
+    if img.ndim != 3 or img.shape[2] != 3 or min(img.shape[:2]) < MIN_SIZE:
+        raise VerifyError(f"{label}: need an (H, W, 3) image of at least {MIN_SIZE}x{MIN_SIZE} pixels, "
+                          f"got shape {img.shape}")
+    x = np.asarray(img, np.float32)[None]
+    outs = {"jax": np.asarray(deploy(model)(x))[0]}
+    what = "prfdn verify (the PyTorch reference)"
+    require_torch(what)
+    from converters.export_torch import TorchExportError, load_reference, reference_module, torch_forward
+
+    try:
+        ref = load_reference(torch_path) if torch_path is not None else reference_module(model)
+    except TorchExportError as e:
+        raise VerifyError(str(e)) from None
+    outs["torch"] = torch_forward(ref, x)[0]
+    if onnx_path is not None:
+        from prfdn_jax.export import ExportError, run_onnx
+
+        try:
+            outs["onnx"] = run_onnx(onnx_path, x)[0]
+        except ExportError as e:
+            raise VerifyError(str(e)) from None
+    pairs = tuple(_compare(a, b, outs[a], outs[b]) for a, b in itertools.combinations(outs, 2))
+    return VerifyResult(label, tuple(img.shape[:2]), float(tolerance), pairs)
