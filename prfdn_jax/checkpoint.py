@@ -32,7 +32,7 @@ from flax import nnx
 
 from prfdn_jax.extras import require_torch
 from prfdn_jax.networks import build_abstract
-from prfdn_jax.spec import Arch, StateDictError, arch_from_state_dict
+from prfdn_jax.spec import Arch, StateDictError
 
 FORMAT = "prfdn-jax"
 
@@ -155,24 +155,35 @@ def load_model_file(path: str | os.PathLike) -> nnx.Module:
         raise WeightsError(f"{path}: {e}") from None
 
 
-def load_torch(path: str | os.PathLike, form: str | None = None) -> nnx.Module:
-    """A released-style PyTorch ``.pth`` state dict (needs the ``torch`` extra), architecture detected."""
-    require_torch(f"reading {path} (a PyTorch checkpoint)")
-    from converters.state_dict import flat_params_from_state_dict, read_pth
+def _from_state_dict(path, sd, form: str | None, notes: list[str] | None) -> nnx.Module:
+    from prfdn_jax.foreign import arch_and_flat_from_state_dict
 
     try:
-        sd = read_pth(path)
-    except StateDictError as e:
-        raise WeightsError(str(e)) from None
-    try:
-        arch = arch_from_state_dict(sd, form)
-        return model_from_flat(arch, flat_params_from_state_dict(sd, arch))
+        arch, flat = arch_and_flat_from_state_dict(sd, form)
+        return model_from_flat(arch, flat)
     except (StateDictError, WeightsError) as e:
         raise WeightsError(f"{path}: {e}") from None
 
 
-def load_any(path: str | os.PathLike) -> nnx.Module:
-    """Open a ``.pth`` state dict, our ``.safetensors`` model file, or a training workdir."""
+def load_torch(path: str | os.PathLike, form: str | None = None, notes: list[str] | None = None) -> nnx.Module:
+    """A PyTorch ``.pth`` state dict (needs the ``torch`` extra): the released layout, our grouped wide
+    export, or a BasicSR-style wrapper (``params_ema`` preferred, ``module.`` prefixes, fp16); the
+    architecture is detected from keys and shapes. What was unwrapped or converted goes to ``notes``."""
+    require_torch(f"reading {path} (a PyTorch checkpoint)")
+    from converters.state_dict import read_pth_with_notes
+
+    try:
+        sd, found = read_pth_with_notes(path)
+    except StateDictError as e:
+        raise WeightsError(str(e)) from None
+    if notes is not None:
+        notes.extend(found)
+    return _from_state_dict(path, sd, form, notes)
+
+
+def load_any(path: str | os.PathLike, notes: list[str] | None = None) -> nnx.Module:
+    """Open a ``.pth`` state dict, a ``.safetensors`` file (ours, or a state dict of another trainer),
+    or a training workdir. Notes on what was converted are appended to ``notes``."""
     p = Path(path)
     if not p.exists():
         raise WeightsError(f"{p}: no such file or directory")
@@ -182,9 +193,28 @@ def load_any(path: str | os.PathLike) -> nnx.Module:
         head = fh.read(8)
     if p.suffix == ".safetensors" or (len(head) == 8 and int.from_bytes(head, "little") < 100_000_000
                                       and p.suffix not in (".pth", ".pt")):
-        return load_model_file(p)
-    return load_torch(p)
+        if _has_our_metadata(p):
+            return load_model_file(p)
+        from prfdn_jax.foreign import read_foreign_safetensors
 
+        try:
+            sd, found = read_foreign_safetensors(p)
+        except (StateDictError, ValueError) as e:
+            raise WeightsError(f"{p}: {e}" if str(p) not in str(e) else str(e)) from None
+        if notes is not None:
+            notes.extend(found)
+        return _from_state_dict(p, sd, None, notes)
+    return load_torch(p, notes=notes)
+
+
+def _has_our_metadata(path: Path) -> bool:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return (f.metadata() or {}).get("format") == FORMAT
+    except Exception as e:  # safetensors raises several types for a bad header
+        raise WeightsError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
 
 
 # ----------------------------------------------------------------------------- training workdirs
