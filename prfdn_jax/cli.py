@@ -4,7 +4,8 @@ One convention for every subcommand: bad input (a missing file, a bad config, we
 load, a missing optional dependency, a diverged training run) ends in exactly one line on stderr,
 ``prfdn: error: ...``, and exit status 1, never a traceback (``PRFDN_DEBUG=1`` shows it); a command
 line argparse rejects exits 2 with argparse's usage message; Ctrl-C exits 130. Outputs are written
-atomically, so a failure leaves no file. The command bodies are in :mod:`prfdn_jax.commands`.
+atomically, so a failure leaves no file. The command bodies are in :mod:`prfdn_jax.commands`,
+:mod:`prfdn_jax.commands_images` and :mod:`prfdn_jax.commands_train`. Python warnings print as one line each, ``prfdn: warning: ...``.
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 from prfdn_jax import commands as C
+from prfdn_jax import commands_images as I
+from prfdn_jax import commands_train as T
 from prfdn_jax.config import STAGES
 from prfdn_jax.extras import MissingExtra
 from prfdn_jax.impls import configure_xla_flags
@@ -25,17 +29,37 @@ EXIT_INTERRUPTED = 130
 CLIError = C.CLIError
 
 
-def _add_model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+def _add_model_args(p: argparse.ArgumentParser, required: bool = False,
+                    scale_help: str = "upscaling factor: picks the built-in model of that scale (default "
+                                      "prfdn-x2); with --model/--weights, checks that the model has it") -> None:
     g = p.add_mutually_exclusive_group(required=required)
     g.add_argument("--model", metavar="NAME", help="built-in model (see `prfdn models`)")
     g.add_argument("--weights", metavar="PATH",
                    help="PyTorch .pth state dict (needs the torch extra), a prfdn-jax .safetensors model, "
                         "or a training workdir")
-    p.add_argument("--scale", type=int, choices=(2, 3, 4), help="upscaling factor (picks the built-in model)")
+    p.add_argument("--scale", type=int, choices=(2, 3, 4), help=scale_help)
+
+
+def _add_memory_budget(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--memory-budget", type=float, metavar="GB",
+                   help="memory an image may use; larger images are upscaled in tiles that fit (default: 25%% of "
+                        "the available memory, at most 2 GB)")
+
+
+def version() -> str:
+    try:
+        from importlib.metadata import PackageNotFoundError, version as dist_version
+
+        return dist_version("prfdn-jax")
+    except (ImportError, PackageNotFoundError):
+        import prfdn_jax
+
+        return getattr(prfdn_jax, "__version__", "unknown")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="prfdn", description="PRFDN real-time super-resolution in JAX")
+    p.add_argument("--version", action="version", version=f"prfdn {version()}")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     u = sub.add_parser("upscale", help="upscale images with a built-in or given model")
@@ -44,27 +68,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output file (one input image) or folder (several inputs, or a folder input)")
     _add_model_args(u)
     u.add_argument("--tile", type=int, default=0, metavar="PX",
-                   help="run in PX x PX tiles, batched, overlaps feathered (large images; 0 = whole image)")
+                   help="run in PX x PX tiles, batched, overlaps feathered (default 0: the whole image, or "
+                        "automatic tiles when it does not fit --memory-budget)")
     u.add_argument("--overlap", type=int, default=None, metavar="PX",
                    help="LR pixels shared by neighbouring tiles (default 16: Urban100 within 0.002 dB of whole images)")
     u.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32",
                    help="compute dtype (float16/bfloat16: faster on GPUs; the output tail stays float32)")
-    u.set_defaults(func=C.cmd_upscale)
+    _add_memory_budget(u)
+    u.add_argument("--overwrite", action="store_true", help="allow an output to replace an input image")
+    u.set_defaults(func=I.cmd_upscale)
 
     e = sub.add_parser("eval", help="PSNR/SSIM on a folder with HR/ (and optional LR_bicubic/X{S}/)")
-    _add_model_args(e, required=True)
-    e.add_argument("--data", required=True, metavar="DIR")
+    _add_model_args(e, required=True, scale_help="the scale to evaluate: checks that the model is xS (LR images "
+                                                 "are taken from LR_bicubic/XS/ or made from HR at that scale)")
+    e.add_argument("--data", required=True, metavar="DIR",
+                   help="evaluation set: a folder with HR/ images and optional LR_bicubic/X{S}/{name}x{S}.png")
     e.add_argument("--degradation", choices=("matlab", "ntire"), default="matlab",
                    help="LR when made from HR: MATLAB bicubic (default; shipped LR used when present) "
                         "or NTIRE (PIL bicubic + JPEG 90, always made from HR)")
     e.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32", help="compute dtype (default float32)")
     e.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
-    e.set_defaults(func=C.cmd_eval)
+    _add_memory_budget(e)
+    e.set_defaults(func=I.cmd_eval)
 
     m = sub.add_parser("models", help="list built-in models, or describe a weights file")
-    m.add_argument("--weights", metavar="PATH")
-    m.add_argument("--json", action="store_true")
-    m.set_defaults(func=C.cmd_models)
+    m.add_argument("--weights", metavar="PATH",
+                   help="describe this model file instead (.pth, .safetensors or a training workdir): scale, "
+                        "form, layout, parameters, GMACs")
+    m.add_argument("--json", action="store_true", help="print JSON (a list of models, or one object)")
+    m.set_defaults(func=I.cmd_models)
 
     r = sub.add_parser("reparam", help="merge a branch network's branches into one wide network (exact)")
     r.add_argument("src", metavar="SRC", help="branch checkpoint (.pth or ours)")
@@ -74,23 +106,27 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=C.cmd_reparam)
 
     q = sub.add_parser("prune", help="prune a wide/merged network with Torch-Pruning (needs the torch extra)")
-    q.add_argument("src", metavar="SRC")
-    q.add_argument("dst", metavar="DST")
-    q.add_argument("--ratio", type=float, required=True, help="channel pruning ratio (0..1)")
-    q.add_argument("--steps", type=int, default=1, help="iterative pruning steps")
+    q.add_argument("src", metavar="SRC", help="network to prune (.pth, .safetensors or a training workdir)")
+    q.add_argument("dst", metavar="DST", help="output model file (.safetensors)")
+    q.add_argument("--ratio", type=float, required=True, help="channel pruning ratio, between 0 and 1 exclusive")
+    q.add_argument("--steps", type=int, default=1, help="iterative pruning steps (default 1)")
     q.add_argument("--uniform", action="store_true",
                    help="keep every branch the same width: the result stays a wide (grouped) network "
                         "(default for a branch/wide input)")
     q.add_argument("--free", action="store_true",
                    help="any width per layer: merge into the dense layout first, then prune "
                         "(default for a merged input; merging multiplies a wide net's parameters by ~N)")
-    q.add_argument("--importance", default="magnitude", choices=("magnitude", "l1", "l2", "random", "taylor"))
-    q.add_argument("--finetune-steps", type=int, default=0)
+    q.add_argument("--importance", default="magnitude", choices=("magnitude", "l1", "l2", "random", "taylor"),
+                   help="how channels are ranked for removal (Torch-Pruning importance; default magnitude; "
+                        "taylor needs gradients)")
+    q.add_argument("--finetune-steps", type=int, default=0, metavar="N",
+                   help="training steps after each pruning step to recover quality (needs --data; default 0)")
     q.add_argument("--data", nargs="+", metavar="DIR", help="training images for finetuning")
-    q.add_argument("--config", default="experiments.smoke_x2",
-                   help="training config for finetuning (module, file.py[:function]; default: the packaged smoke config)")
+    q.add_argument("--config", metavar="CONFIG",
+                   help="training config for finetuning (module, file.py[:function]); default: the packaged "
+                        "smoke config (experiments.smoke_x2) with the network's scale and a 24*scale px patch")
     q.add_argument("--val", metavar="DIR", help="validation folder with HR/ (PSNR per step)")
-    q.set_defaults(func=C.cmd_prune)
+    q.set_defaults(func=T.cmd_prune)
 
     t = sub.add_parser("train", help="train (or resume) a network from a config (see experiments/)")
     t.add_argument("config", help="config file or module (path.py[:function])")
@@ -101,16 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--stage", help="for a pipeline config: the stage to train (rfdn, branch, finetune)")
     t.add_argument("--init", metavar="PATH", help="start from these weights (.pth, .safetensors, workdir)")
     t.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override config fields")
-    t.set_defaults(func=C.cmd_train)
+    t.set_defaults(func=T.cmd_train)
 
     pl = sub.add_parser("pipeline", help="the four-stage PRFDN recipe with a report (RFDN -> branch -> reparam -> prune)")
     pl.add_argument("config", help="pipeline config file or module (path.py[:function])")
     pl.add_argument("--data", nargs="+", metavar="DIR", help="HR training image folders (default: the config's)")
-    pl.add_argument("--workdir", required=True)
+    pl.add_argument("--workdir", required=True,
+                    help="run folder: one subfolder per stage, the report; resumes what it holds")
     pl.add_argument("--val", nargs="+", metavar="DIR", help="HR validation folders for the training stages")
     pl.add_argument("--stages", nargs="+", choices=STAGES,
                     help="stages to run (the stages they build on are run too, or reused from the workdir)")
-    pl.set_defaults(func=C.cmd_pipeline)
+    pl.set_defaults(func=T.cmd_pipeline)
 
     b = sub.add_parser("bench", help="benchmark tables: JAX vs every PyTorch mode on the same weights, or the "
                                      "apply paths (`prfdn bench paths`)")
@@ -119,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--size", metavar="HxW", help="input size (default 540x960; paths: one number, default 128)")
     b.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
     b.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32", help="compute dtype (default float32)")
-    b.add_argument("--backend", choices=("jax", "torch", "both"), default="both",
+    b.add_argument("--backend", choices=("jax", "torch", "both"),
                    help="which side to time (torch needs the torch extra; default both)")
     b.add_argument("--torch-modes", metavar="M,M", help="PyTorch modes to run (default all: eager, channels_last, "
                                                          "cuda_graph, compile, compile_channels_last)")
@@ -127,9 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--runs", type=int, help="timed passes (default 244 on GPU, 5 on CPU)")
     b.add_argument("--baseline", action="store_true", help="also time the network as built (before deploy)")
     b.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
-    b.add_argument("--layout", default="b4s", choices=("b4s", "b2s", "b2"), help="paths: branch layout")
-    b.add_argument("--nf", type=int, default=50, help="paths: channels")
-    b.add_argument("--repeats", type=int, default=5, help="paths: timed repeats")
+    b.add_argument("--layout", choices=("b4s", "b2s", "b2"), help="paths: branch layout (default b4s)")
+    b.add_argument("--nf", type=int, help="paths: channels per branch (default 50)")
+    b.add_argument("--repeats", type=int, help="paths: timed repeats (default 5)")
     b.set_defaults(func=C.cmd_bench)
     return p
 
@@ -145,6 +182,12 @@ def _known_errors() -> tuple[type[BaseException], ...]:
             OSError)
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """Python warnings (Pillow's DecompressionBombWarning, a UserWarning, ...) as one line each (set as
+    ``warnings.formatwarning``, so ``warnings.catch_warnings(record=True)`` still records them)."""
+    return f"prfdn: warning: {C.clean_message(str(message))}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status (0 done, 1 error, 2 bad command line, 130 interrupted)."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -153,6 +196,15 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2, argparse printed the usage)
         return EXIT_USAGE if isinstance(e.code, str) else int(e.code or 0)
+    formatter = warnings.formatwarning
+    warnings.formatwarning = _format_warning
+    try:
+        return _run(args)
+    finally:
+        warnings.formatwarning = formatter
+
+
+def _run(args) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -163,7 +215,11 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("PRFDN_DEBUG"):
             raise
         prefix = "error" if isinstance(e, _known_errors()) else f"internal error ({type(e).__name__})"
-        print(f"prfdn: {prefix}: {C.one_line(e)}", file=sys.stderr)
+        text = C.one_line(e)
+        if isinstance(e, MemoryError) or "out of memory" in text.lower():
+            hint = "; try --tile PX or a lower --memory-budget" if args.cmd in ("upscale", "eval") else ""
+            prefix, text = "error", ("out of memory" if text == "out of memory" else f"out of memory ({text})") + hint
+        print(f"prfdn: {prefix}: {text}", file=sys.stderr)
         return EXIT_ERROR
 
 

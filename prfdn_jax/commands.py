@@ -1,28 +1,67 @@
 """The bodies of the ``prfdn`` commands; :mod:`prfdn_jax.cli` parses the command line and reports errors.
 
 Each ``cmd_*(args)`` takes the parsed arguments and returns an exit status; bad input raises
-:class:`CLIError` (or another one-line error the CLI reports). Heavy modules are imported by the
-command that needs them, so ``prfdn --help`` and ``prfdn models`` start fast.
+:class:`CLIError` (or another one-line error the CLI reports). Every option is checked before any
+slow work starts. Heavy modules are imported by the command that needs them, so ``prfdn --help`` and
+``prfdn models`` start fast. This module: the shared helpers, reparam and bench;
+:mod:`prfdn_jax.commands_images`: upscale, eval, models; :mod:`prfdn_jax.commands_train`: prune, train,
+pipeline.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
 from pathlib import Path
 
 from prfdn_jax.extras import require_torch
 
 EXIT_ERROR = 1
+MODEL_SUFFIX = ".safetensors"
 
 
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 1."""
 
 
+# ----------------------------------------------------------------------------- messages
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+_TMP_FILE = re.compile(r"\.([^/\s'\"]+)\.[A-Za-z0-9_]{8}\.tmp\b")  # atomic writes: .NAME.XXXXXXXX.tmp -> NAME
+_TMP_DIR = re.compile(r"[^\s'\"(]*prfdn_finetune_[A-Za-z0-9_]+(/[^\s'\")]*)?")
+# a wrapper's detail that is only an exception name, or a number (a pickle KeyError): "state dict (EOFError)"
+_BARE_DETAIL = re.compile(r"(?:\((?:[A-Z]\w*(?:Error|Exception))\)|(?<=dict|file|mage|ckpt) \(\d+\))$")
+_TORCH_WEIGHTS_ONLY = re.compile(r"\(Weights only load failed\..*\)?$")
+_BARE_TEXT = {"EOFError": "truncated or empty file", "MemoryError": "out of memory",
+              "UnpicklingError": "corrupt file", "StopIteration": "no data"}
+
+
+def clean_message(text: str) -> str:
+    """The first line of ``text`` without terminal colour codes or our temporary file names, with a
+    useful detail where the only one is an exception name or a bare number."""
+    text = _ANSI.sub("", text).strip()
+    text = text.splitlines()[0].strip() if text else ""
+    text = _TMP_DIR.sub("the temporary finetuning folder", _TMP_FILE.sub(r"\1", text))
+    text = _TORCH_WEIGHTS_ONLY.sub("(it holds pickled objects other than tensors, which prfdn never runs; re-save "
+                                   "it as a plain state dict: torch.save(model.state_dict(), path))", text)
+
+    def bare(m: re.Match) -> str:
+        what = m.group(0).strip(" ()")
+        lead = " " if m.group(0).startswith(" ") else ""
+        return f"{lead}({_BARE_TEXT.get(what, 'corrupt or truncated file' if what.isdigit() else what)})"
+
+    return _BARE_DETAIL.sub(bare, text)
+
+
 def one_line(e: BaseException) -> str:
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return msg.strip("'\"") if isinstance(e, KeyError) else msg
+    """``e`` as one useful line (see :func:`clean_message`)."""
+    text = str(e.args[0]) if isinstance(e, KeyError) and len(e.args) == 1 else str(e)
+    text = clean_message(text)
+    if not text or text.isdigit():
+        name = type(e).__name__
+        text = _BARE_TEXT.get(name, name) + (f" ({text})" if text else "")
+    return text
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -33,7 +72,15 @@ def _progress(items, total: int, desc: str):
                 dynamic_ncols=True, leave=False)
 
 
-def _resolve_model(args):
+def check_model_args(args) -> None:
+    """A ``--model`` name must be a built-in one (checked before any file is read)."""
+    from prfdn_jax import registry
+
+    if getattr(args, "model", None):
+        registry.info(args.model)
+
+
+def resolve_model(args):
     """(model, label) from --model / --weights / --scale."""
     from prfdn_jax import registry
     from prfdn_jax.checkpoint import load_any
@@ -48,90 +95,40 @@ def _resolve_model(args):
     return model, label
 
 
-def _collect_inputs(inputs: list[str]) -> tuple[list[Path], bool]:
-    """Image paths from files and folders; second value: whether any input was a folder."""
-    from prfdn_jax.imaging import list_images
-
-    paths, had_dir = [], False
-    for s in inputs:
-        p = Path(s)
-        if p.is_dir():
-            had_dir = True
-            found = list_images(p)
-            if not found:
-                raise CLIError(f"{p}: folder holds no images (.png, .jpg, .jpeg, .bmp)")
-            paths.extend(found)
-        elif p.exists():
-            paths.append(p)
-        else:
-            raise CLIError(f"{p}: no such file or directory")
-    return paths, had_dir
+def check_writable(path: Path, what: str = "output", folder: bool = False) -> None:
+    """``path`` (a file, or a ``folder``) can be written: its folder exists or can be created, and is
+    writable (checked before any work)."""
+    path = Path(path)
+    if path.is_dir() and not folder:
+        raise CLIError(f"{path}: is a folder; the {what} needs a file name")
+    anc = path if folder else path.parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise CLIError(f"{path}: cannot create the {what} there: {anc} is a file, not a folder")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise CLIError(f"{path}: cannot write the {what}: folder {anc} is not writable")
 
 
-# ----------------------------------------------------------------------------- upscale
-def cmd_upscale(args) -> int:
-    import numpy as np
-
-    from prfdn_jax.imaging import IMAGE_EXTENSIONS, ImageError, read_image, write_image
-    from prfdn_jax.deploy import deploy
-    from prfdn_jax.inference import DEFAULT_OVERLAP, MIN_SIZE, upscale_array
-
-    paths, had_dir = _collect_inputs(args.inputs)
-    out = Path(args.output)
-    single_file = len(paths) == 1 and not had_dir and not out.is_dir()
-    if single_file:
-        if out.suffix.lower() not in IMAGE_EXTENSIONS:
-            raise CLIError(f"{out}: output file needs an image extension ({', '.join(IMAGE_EXTENSIONS)})")
-        targets = [out]
-    else:
-        if out.exists() and not out.is_dir():
-            raise CLIError(f"{out}: exists and is not a folder (several inputs need an output folder)")
-        targets = [out / (p.stem + ".png") for p in paths]
-        dup = {t for t in targets if targets.count(t) > 1}
-        if dup:
-            raise CLIError(f"two inputs would both be written to {sorted(dup)[0]}; upscale them separately")
-    overlap = DEFAULT_OVERLAP if args.overlap is None else args.overlap
-    if args.tile and not (MIN_SIZE <= args.tile and 0 <= overlap < args.tile):
-        raise CLIError(f"--tile {args.tile} --overlap {overlap}: need a tile of at least {MIN_SIZE} px and "
-                       "0 <= overlap < tile")
-    model, label = _resolve_model(args)
-    scale = model.arch.scale
-    apply = deploy(model, dtype=args.dtype)
-    failed = 0
-    for src, dst in _progress(zip(paths, targets), len(paths), f"x{scale} {label}"):
-        try:
-            img = read_image(src)
-            h, w = img.shape
-            if min(h, w) < MIN_SIZE:
-                raise ImageError(f"{src}: image is {w}x{h}; the network needs at least {MIN_SIZE}x{MIN_SIZE} pixels")
-            sr = upscale_array(apply, img.rgb, scale, tile=args.tile, overlap=overlap)
-            alpha = None
-            if img.alpha is not None:
-                from PIL import Image as PILImage
-
-                alpha = np.asarray(PILImage.fromarray(img.alpha).resize((w * scale, h * scale), PILImage.BICUBIC))
-            if any(n.startswith("grayscale") for n in img.notes):
-                # grey in, grey out: BT.601 luma of the (nearly grey) network output
-                sr = np.clip(np.round(sr @ np.array([0.299, 0.587, 0.114])), 0, 255).astype(np.uint8)
-            write_image(dst, sr, alpha)
-            for note in img.notes:
-                print(f"note: {src}: {note}", file=sys.stderr)
-            if len(paths) == 1:
-                print(f"{src} -> {dst} ({w}x{h} -> {w * scale}x{h * scale}, {label})")
-        except (ImageError, ValueError, OSError) as e:
-            failed += 1
-            print(f"prfdn: error: {one_line(e)}", file=sys.stderr)
-    if len(paths) > 1:
-        print(f"upscaled {len(paths) - failed}/{len(paths)} images x{scale} with {label} -> {out}")
-    return EXIT_ERROR if failed else 0
+def check_model_dst(dst: str) -> Path:
+    """The output model file: a writable ``.safetensors`` path."""
+    p = Path(dst)
+    if p.suffix.lower() in (".pth", ".pt"):
+        raise CLIError(f"{p}: prfdn writes prfdn-jax {MODEL_SUFFIX} model files; use a {MODEL_SUFFIX} name "
+                       "(export to a PyTorch .pth is not supported yet)")
+    if p.suffix.lower() != MODEL_SUFFIX:
+        raise CLIError(f"{p}: unknown model file extension {p.suffix or '(none)'!r}; use a {MODEL_SUFFIX} name")
+    check_writable(p, "model file")
+    return p
 
 
-# ----------------------------------------------------------------------------- eval
-def _eval_set(data: Path, scale: int, degradation: str = "matlab") -> list:
+def eval_set(data: Path, scale: int, degradation: str = "matlab") -> list:
     """The images of a folder with ``HR/`` (and optional ``LR_bicubic/X{s}/``); see :mod:`prfdn_jax.evaluate`."""
     from prfdn_jax.evaluate import load_eval_set
 
     hr_dir = data / "HR"
+    if not data.is_dir():
+        raise CLIError(f"{data}: no such folder")
     if not hr_dir.is_dir():
         raise CLIError(f"{data}: no HR/ folder (expected {hr_dir})")
     items = load_eval_set(data, scale, degradation=degradation)
@@ -140,65 +137,7 @@ def _eval_set(data: Path, scale: int, degradation: str = "matlab") -> list:
     return items
 
 
-def cmd_eval(args) -> int:
-    from prfdn_jax.deploy import deploy
-    from prfdn_jax.evaluate import evaluate
-
-    model, label = _resolve_model(args)
-    scale = model.arch.scale
-    items = _eval_set(Path(args.data), scale, args.degradation)
-    bar = _progress(None, len(items), "eval")
-    try:
-        res = evaluate(deploy(model, dtype=args.dtype), items, scale, progress=lambda done, total: bar.update(1))
-    finally:
-        bar.close()
-    print(f"{'image':<16} {'PSNR-Y':>8} {'SSIM-Y':>8} {'PSNR-RGB':>9} {'SSIM-RGB':>9}")
-    for r in res["rows"]:
-        print(f"{r['image']:<16} {r['psnr_y']:8.3f} {r['ssim_y']:8.4f} {r['psnr_rgb']:9.3f} {r['ssim_rgb']:9.4f}")
-    print(f"{'mean':<16} {res['psnr_y']:8.3f} {res['ssim_y']:8.4f} {res['psnr_rgb']:9.3f} {res['ssim_rgb']:9.4f}"
-          f"   ({res['images']} images, x{scale}, {label}, {args.degradation} LR)")
-    if args.json:
-        print(json.dumps({k: res[k] for k in ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "images")}
-                         | {"model": label, "scale": scale, "dtype": args.dtype}))
-    return 0
-
-
-# ----------------------------------------------------------------------------- models
-def _model_row(model, name: str, source: str = "") -> dict:
-    from prfdn_jax.macs import summary
-
-    s = summary(model, 1080, 1920)
-    a = model.arch
-    return {"name": name, "scale": a.scale, "form": a.form, "layout": a.layout, "params": s["params"],
-            "gmac_1080p": round(s["gmac"], 4), "gmac_conv_1080p": round(s["gmac_conv"], 4), "source": source}
-
-
-def cmd_models(args) -> int:
-    from prfdn_jax import registry
-    from prfdn_jax.checkpoint import load_any
-
-    if args.weights:
-        row = _model_row(load_any(args.weights), str(args.weights))
-        if args.json:
-            print(json.dumps(row))
-        else:
-            for k, v in row.items():
-                if k != "source":
-                    print(f"{k:<16} {v}")
-        return 0
-    rows = [_model_row(registry.load(n), n, i.source) for n, i in registry.MODELS.items()]
-    if args.json:
-        print(json.dumps(rows))
-        return 0
-    print(f"{'name':<10} {'scale':>5} {'params':>9} {'GMAC@1080p':>11}  source")
-    for r in rows:
-        print(f"{r['name']:<10} {'x' + str(r['scale']):>5} {r['params']:>9,} {r['gmac_1080p']:>11.2f}  {r['source']}")
-    print(f"default: {registry.DEFAULT_MODEL}; GMAC = conv + activation MACs at a 1920x1080 input "
-          "(NTIRE 2023 definition)")
-    return 0
-
-
-# ----------------------------------------------------------------------------- reparam / prune
+# ----------------------------------------------------------------------------- reparam
 def _check_equal(a, b, size: int = 48) -> float:
     """Max relative difference of two networks' outputs on a random [0, 255] input."""
     import jax
@@ -216,6 +155,7 @@ def cmd_reparam(args) -> int:
     from prfdn_jax.macs import params
     from prfdn_jax.reparam import reparam, wide_to_merged
 
+    check_model_dst(args.dst)
     src = load_any(args.src)
     if src.arch.form == "merged":
         raise CLIError(f"{args.src}: already a merged network; reparam takes a branch network")
@@ -226,91 +166,6 @@ def cmd_reparam(args) -> int:
     save_model(args.dst, out)
     print(f"{args.src} ({src.arch.form} {src.arch.layout}, {params(src):,} params) -> {args.dst} "
           f"({out.arch.form}, {params(out):,} params); max relative output difference {diff:.2e}")
-    return 0
-
-
-def _finetune_callback(args):
-    """``f(model, step) -> model``: finetune for ``--finetune-steps`` on ``--data`` between pruning steps."""
-    from prfdn_jax.config import load_config
-    from prfdn_jax.train import finetune
-
-    config = load_config(args.config)
-    return lambda m, step: finetune(m, config, args.data, args.finetune_steps)
-
-
-def _val_callback(val_dir: Path, scale: int):
-    """``f(model) -> PSNR-Y`` on a validation folder with ``HR/`` (loaded once)."""
-    from prfdn_jax.evaluate import evaluate
-
-    items = _eval_set(val_dir, scale)
-    return lambda m: evaluate(m, items, scale, with_ssim=False)["psnr_y"]
-
-
-def cmd_prune(args) -> int:
-    require_torch("prfdn prune", pruning=True)
-    from prfdn_jax.checkpoint import load_any, save_model
-    from prfdn_jax.macs import params as params_of
-    from prfdn_jax.prune import prune_model
-
-    if not 0 < args.ratio < 1:
-        raise CLIError(f"--ratio must be between 0 and 1, got {args.ratio}")
-    model = load_any(args.src)
-    if args.uniform and args.free:
-        raise CLIError("--uniform and --free exclude each other")
-    if args.uniform and model.arch.form == "merged":
-        raise CLIError(f"{args.src}: a merged network has no branches left to keep uniform; drop --uniform")
-    # Default: a branch/wide network stays grouped (uniform); a merged one is pruned freely. Free
-    # pruning of a wide network first densifies its block-diagonal convs (N times the parameters).
-    uniform = args.uniform or (not args.free and model.arch.form != "merged")
-    print(f"mode: {'uniform (every branch the same width; stays a wide grouped network)' if uniform else 'free (any width per layer; dense merged layout)'}")
-    if args.finetune_steps and not args.data:
-        raise CLIError("--finetune-steps needs --data DIR with training images")
-    finetune_fn = _finetune_callback(args) if args.finetune_steps else None
-    val_fn = _val_callback(Path(args.val), model.arch.scale) if args.val else None
-    pruned, history = prune_model(model, ratio=args.ratio, steps=args.steps, uniform=uniform,
-                                  importance=args.importance, finetune=finetune_fn, val=val_fn)
-    print(f"{'step':>4} {'params':>10} {'GMAC@1080p':>11} {'PSNR-Y':>8}")
-    for h in history:
-        p = h.get("psnr")
-        print(f"{h['step']:>4} {h['params']:>10,} {h['gmac_1080p']:>11.2f} {'-' if p is None else format(p, '.3f'):>8}")
-    n0, n1 = params_of(model), history[-1]["params"]
-    print(f"parameters {n0:,} -> {n1:,} ({100 * (n1 - n0) / n0:+.1f}% against {args.src})")
-    if not finetune_fn:
-        print("note: pruned without finetuning (no --finetune-steps/--data): quality is not recovered")
-    save_model(args.dst, pruned)
-    print(f"wrote {args.dst} ({pruned.arch.form})")
-    return 0
-
-
-# ----------------------------------------------------------------------------- train / pipeline
-def cmd_train(args) -> int:
-    from prfdn_jax.config import ConfigError, TrainConfig, load_config, override
-    from prfdn_jax.train import train
-
-    config = load_config(args.config)
-    if not isinstance(config, TrainConfig):
-        stages = getattr(config, "train_stages", ())
-        if args.stage not in stages:
-            raise ConfigError(f"{args.config} is a pipeline config: pass --stage {{{','.join(stages)}}}")
-        config = getattr(config, args.stage)
-    if args.set:
-        config = override(config, args.set)
-    if args.init:
-        config = config.replace(init_weights=args.init)
-    train(config, args.workdir, data_dirs=args.data, steps=args.steps, val_dirs=args.val)
-    return 0
-
-
-def cmd_pipeline(args) -> int:
-    from prfdn_jax.config import ConfigError, PipelineConfig, load_config
-    from prfdn_jax.pipeline import run_pipeline
-
-    config = load_config(args.config)
-    if not isinstance(config, PipelineConfig):
-        raise ConfigError(f"{args.config}: not a pipeline config (use prfdn train for a TrainConfig)")
-    if args.stages:
-        config = config.replace(stages=tuple(args.stages))
-    run_pipeline(config, args.data, args.workdir, val_dirs=args.val)
     return 0
 
 
@@ -330,24 +185,52 @@ def _size(text: str, what: str = "--size") -> tuple[int, int]:
     return parts[0], parts[1]
 
 
+def _check_positive(args, names: dict[str, int]) -> None:
+    for name, low in names.items():
+        v = getattr(args, name.lstrip("-").replace("-", "_"))
+        if v is not None and v < low:
+            raise CLIError(f"{name} must be >= {low}, got {v}")
+
+
+def _refuse_options(args, names: tuple[str, ...], why: str) -> None:
+    given = [n for n in names if getattr(args, n.lstrip("-").replace("-", "_")) not in (None, False)]
+    if given:
+        raise CLIError(f"{', '.join(given)}: {'an option' if len(given) == 1 else 'options'} {why}")
+
+
 def cmd_bench(args) -> int:
     """``prfdn bench paths`` or the inference benchmark (JAX deployed vs every PyTorch mode)."""
     from prfdn_jax import bench
 
+    _check_positive(args, {"--batch": 1, "--runs": 1, "--warmup": 0, "--nf": 2, "--repeats": 1})
     if args.what == "paths":
+        _refuse_options(args, ("--model", "--weights", "--scale", "--backend", "--torch-modes", "--warmup", "--runs",
+                               "--baseline", "--json"), "of `prfdn bench`, not of `prfdn bench paths`")
         size = _size(args.size or "128")[0]
-        bench.print_paths(bench.bench_paths(args.layout, args.nf, size, args.batch, args.repeats), args.layout,
-                          args.nf, size, args.batch, args.repeats)
+        layout, nf, repeats = args.layout or "b4s", args.nf or 50, args.repeats or 5
+        bench.print_paths(bench.bench_paths(layout, nf, size, args.batch, repeats), layout, nf, size, args.batch,
+                          repeats)
         return 0
-    if args.backend in ("torch", "both"):
+    _refuse_options(args, ("--layout", "--nf", "--repeats"), "of `prfdn bench paths` only")
+    size = _size(args.size or "540x960")
+    check_model_args(args)
+    backend = args.backend or "both"
+    modes = None
+    if args.torch_modes:
+        if backend == "jax":
+            raise CLIError("--torch-modes needs --backend torch or both")
+        modes = [m.strip() for m in args.torch_modes.split(",") if m.strip()]
+    if backend in ("torch", "both"):
         require_torch("the PyTorch side of prfdn bench (use --backend jax without it)")
-    for name, v in (("--batch", args.batch), ("--runs", args.runs), ("--warmup", args.warmup)):
-        if v is not None and v < (0 if name == "--warmup" else 1):
-            raise CLIError(f"{name} must be {'>= 0' if name == '--warmup' else '>= 1'}, got {v}")
-    model, label = _resolve_model(args)
-    modes = args.torch_modes.split(",") if args.torch_modes else None
-    res = bench.bench_inference(model, _size(args.size or "540x960"), args.batch, args.dtype, args.backend,
-                                args.warmup, args.runs, modes, baseline=args.baseline)
+        from converters.torch_bench import MODES
+
+        bad = [m for m in modes or () if m not in MODES]
+        if bad or (modes is not None and not modes):
+            raise CLIError(f"--torch-modes {args.torch_modes!r}: unknown mode {', '.join(bad) or '(none)'}; "
+                           f"modes: {', '.join(MODES)}")
+    model, label = resolve_model(args)
+    res = bench.bench_inference(model, size, args.batch, args.dtype, backend, args.warmup, args.runs, modes,
+                                baseline=args.baseline)
     bench.print_inference(res, label)
     if args.json:
         keys = ("jax_ms", "torch_ms", "torch_mode", "ratio", "device", "size", "batch", "dtype")

@@ -10,6 +10,8 @@ import contextlib
 import os
 import struct
 import tempfile
+import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,6 +79,20 @@ def _strict_pillow():
         ImageFile.LOAD_TRUNCATED_IMAGES = old
 
 
+@contextlib.contextmanager
+def _naming_warnings(p: Path):
+    """Pillow's warnings while reading ``p`` (DecompressionBombWarning, corrupt EXIF, ...) re-issued with the
+    file's name, when it was read (main thread only: ``catch_warnings`` is process-wide)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        warnings.warn(f"{p}: {' '.join(str(w.message).split())}", w.category, stacklevel=3)
+
+
 def _sixteen_to_eight(a: np.ndarray) -> np.ndarray:
     """Scale 0..65535 integers to 0..255 uint8 with round(v * 255 / 65535) (exact integer arithmetic)."""
     v = a.astype(np.int64)
@@ -116,7 +132,7 @@ def read_image(path: str | os.PathLike) -> Image:
 
     notes: list[str] = []
     try:
-        with _strict_pillow(), _PILImage.open(p) as im:
+        with _strict_pillow(), _naming_warnings(p), _PILImage.open(p) as im:
             if getattr(im, "n_frames", 1) > 1:
                 notes.append(f"multi-frame input ({im.n_frames} frames): first frame used")
             # Pillow reduces 16-bit-per-channel colour PNG/TIFF to 8 bits itself (keeping the high byte).
@@ -125,11 +141,12 @@ def read_image(path: str | os.PathLike) -> Image:
             )
             im.load()  # force a full decode now: truncated/corrupt data raises here
             fmt = im.format
+            bits = _declared_bits(im)
             orientation = im.getexif().get(0x0112, 1)  # EXIF Orientation tag
             if orientation in (2, 3, 4, 5, 6, 7, 8):
                 im = ImageOps.exif_transpose(im)
                 notes.append(f"EXIF orientation {orientation} applied")
-            rgb, alpha = _to_rgb_alpha(im, p, notes)
+            rgb, alpha = _to_rgb_alpha(im, p, notes, bits)
     except ImageError:
         raise
     except _PILImage.DecompressionBombError as e:
@@ -147,8 +164,25 @@ def read_image(path: str | os.PathLike) -> Image:
     return Image(rgb=np.ascontiguousarray(rgb), alpha=alpha, notes=notes)
 
 
-def _to_rgb_alpha(im, p: Path, notes: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
-    """Convert a loaded PIL image to (rgb (H, W, 3) uint8, alpha (H, W) uint8 | None)."""
+def _declared_bits(im) -> int | None:
+    """Bits per sample the file declares for an integer grayscale image, where Pillow tells (PNM: 16 after
+    Pillow's scaling to 0..65535; TIFF: BitsPerSample)."""
+    if im.mode.startswith("I;16") or im.format == "PPM":
+        return 16
+    tag = getattr(im, "tag_v2", None)
+    if im.format == "TIFF" and tag is not None:
+        bits = tag.get(258)
+        bits = bits[0] if isinstance(bits, tuple) and bits else bits
+        return int(bits) if isinstance(bits, int) else None
+    return None
+
+
+def _to_rgb_alpha(im, p: Path, notes: list[str], bits: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Convert a loaded PIL image to (rgb (H, W, 3) uint8, alpha (H, W) uint8 | None).
+
+    Integer grayscale (modes ``I;16*`` and ``I``): 16 declared bits are scaled from 0..65535; a 32-bit
+    (or undeclared) container is read by its values' real range: at most 255 used as 8-bit values, at
+    most 65535 scaled as 16-bit ones, anything else (or negative) refused."""
     mode = im.mode
     has_trns = "transparency" in im.info
     if mode == "RGB":
@@ -190,13 +224,19 @@ def _to_rgb_alpha(im, p: Path, notes: list[str]) -> tuple[np.ndarray, np.ndarray
         if v.ndim != 2:
             raise ImageError(f"{p}: unsupported pixel layout for mode {mode}")
         v = v.astype(np.int64)
-        if v.size and (v.min() < 0 or v.max() > 65535):
-            raise ImageError(
-                f"{p}: {mode} image with values outside 0..65535 ({v.min()}..{v.max()}) is not supported"
-            )
-        notes.append("16-bit input: converted to 8-bit")
+        lo, hi = (int(v.min()), int(v.max())) if v.size else (0, 0)
+        if lo < 0 or hi > 65535:
+            raise ImageError(f"{p}: {'32-bit integer' if mode == 'I' else mode} image with values outside "
+                             f"0..65535 ({lo}..{hi}) is not supported; convert it to 8 or 16 bits")
+        if bits != 16 and hi <= 255:  # 32-bit container, 8-bit values: used as they are
+            notes.append("32-bit integer input with values in 0..255: used as 8-bit")
+            g = v.astype(np.uint8)
+        else:
+            notes.append("16-bit input: converted to 8-bit" if bits == 16
+                         else "32-bit integer input with 16-bit values: converted to 8-bit")
+            g = _sixteen_to_eight(v)
         notes.append("grayscale input: replicated to RGB")
-        return _gray_to_rgb(_sixteen_to_eight(v)), None
+        return _gray_to_rgb(g), None
     raise ImageError(f"{p}: unsupported pixel format (Pillow mode {mode!r})")
 
 

@@ -494,3 +494,44 @@ def test_list_images(tmp_path):
     assert ".png" in IMAGE_EXTENSIONS
     with pytest.raises(ImageError, match="no such folder"):
         list_images(tmp_path / "missing")
+
+
+# --------------------------------------------------------------------------------------------------
+# 32-bit integer ("I") images and Pillow's warnings
+# --------------------------------------------------------------------------------------------------
+
+
+def test_read_32bit_integer_by_its_real_range(tmp_path):
+    """An "I" image is read by its values: 8-bit values as they are, 16-bit ones scaled, wider refused."""
+    v8 = _rng().integers(0, 256, (6, 7)).astype(np.int32)
+    PILImage.fromarray(v8, "I").save(tmp_path / "v8.tif")
+    im = read_image(tmp_path / "v8.tif")
+    assert np.array_equal(im.rgb[:, :, 1], v8.astype(np.uint8))  # not divided by 257: not nearly black
+    assert "32-bit integer input with values in 0..255: used as 8-bit" in im.notes
+    assert not any(n.startswith("16-bit") for n in im.notes)
+    v16 = _rng(1).integers(0, 65536, (6, 7)).astype(np.int32)
+    PILImage.fromarray(v16, "I").save(tmp_path / "v16.tif")
+    im = read_image(tmp_path / "v16.tif")
+    assert np.array_equal(im.rgb[:, :, 0], imaging._sixteen_to_eight(v16))
+    assert "32-bit integer input with 16-bit values: converted to 8-bit" in im.notes
+    for name, v in (("wide.tif", np.full((6, 7), 70000, np.int32)), ("neg.tif", np.full((6, 7), -5, np.int32))):
+        PILImage.fromarray(v, "I").save(tmp_path / name)
+        with pytest.raises(ImageError, match=f"{name}: 32-bit integer image with values outside 0..65535"):
+            read_image(tmp_path / name)
+
+
+def test_read_16bit_pgm_is_16bit_even_when_dark(tmp_path):
+    """A PGM declares its depth (Pillow opens 16-bit PGM as "I"): dark 16-bit values stay dark."""
+    v = np.array([[0, 100], [200, 255]], ">u2")
+    (tmp_path / "dark.pgm").write_bytes(b"P5 2 2 65535\n" + v.tobytes())
+    im = read_image(tmp_path / "dark.pgm")
+    assert np.array_equal(im.rgb[:, :, 0], imaging._sixteen_to_eight(v.astype(np.int64)))
+    assert "16-bit input: converted to 8-bit" in im.notes
+
+
+def test_pillow_warnings_name_the_file(tmp_path, monkeypatch):
+    p = tmp_path / "big.png"
+    PILImage.fromarray(np.zeros((40, 50, 3), np.uint8)).save(p)
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1500)  # 2000 pixels: a warning, not an error
+    with pytest.warns(PILImage.DecompressionBombWarning, match=r"big\.png: Image size \(2000 pixels\)"):
+        read_image(p)
