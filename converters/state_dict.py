@@ -11,6 +11,7 @@ imported only to read a ``.pth`` file (:func:`read_pth`, :func:`read_pth_with_no
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 
 import numpy as np
@@ -38,8 +39,7 @@ def read_pth_with_notes(path: str | os.PathLike) -> tuple[dict[str, np.ndarray],
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - weights_only unpickling fails in many ways; all mean "not loadable"
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise StateDictError(f"{path}: not a loadable PyTorch state dict ({msg})") from None
+        raise StateDictError(f"{path}: not a loadable PyTorch state dict ({_why(e)})") from None
     sd, notes = unwrap_state_dict(obj, f"{path}: ")
     if not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise StateDictError(f"{path}: not a PyTorch state dict (expected a dict of tensors)")
@@ -53,6 +53,20 @@ def read_pth_with_notes(path: str | os.PathLike) -> tuple[dict[str, np.ndarray],
     notes += [f"converted {n} {dt} tensor{'s' if n > 1 else ''} to float32" for dt, n in sorted(converted.items())]
     sd, _ = as_float32(sd)
     return sd, notes
+
+
+def _why(e: BaseException) -> str:
+    """A one-line reason why ``torch.load(weights_only=True)`` refused a file."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+    if "Weights only load failed" in text or "Unsupported global" in text:
+        return ("it holds pickled objects other than tensors, which prfdn never runs; re-save it as a plain "
+                "state dict: torch.save(model.state_dict(), path)")
+    if isinstance(e, EOFError):
+        return "truncated or empty file"
+    first = text.splitlines()[0] if text else ""
+    if not first or first.strip("'\"").isdigit():
+        return "corrupt or truncated file"
+    return first
 
 
 def read_pth(path: str | os.PathLike) -> dict[str, np.ndarray]:

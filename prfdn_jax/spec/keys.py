@@ -23,7 +23,8 @@ import re
 from collections.abc import Mapping
 
 from prfdn_jax.spec.couplings import width_errors
-from prfdn_jax.spec.topology import ESA_CONVS, LAYOUTS, Arch, geometry, scale_from_upsampler
+from prfdn_jax.spec.topology import (ESA_CONVS, LAYOUTS, Arch, block_steps, distilled_names, geometry,
+                                     scale_from_upsampler)
 
 TOP_KEYS = {"c": "c.0", "upsampler": "upsampler.0"}  # prfdn-jax name -> released prefix (nn.Sequential)
 
@@ -134,6 +135,28 @@ def _skeleton(sd, layout: str, depth: int, merged: bool) -> dict[str, tuple[int,
     return names
 
 
+def _odd_part(arch: Arch, err):
+    """When a conv reading a concat has the wrong input width, the one concatenated part whose output
+    differs from its siblings' (the tensor that was changed), as an error ``(conv, 'out', expected, actual)``."""
+    name, side, _, actual = err
+    if side != "in":
+        return None
+    w = arch.w
+    if name.endswith(".cat_p") or (name.endswith(".c5") and name[:-2] + "cat_p" not in w):
+        p = name.rsplit(".", 1)[0] + "."
+        parts = [p + c for c in distilled_names(block_steps(w, p))]
+    elif arch.form == "merged" and (name == "cat_p" or (name == "c" and "cat_p" not in w)):
+        parts = [f"stages.{d}.c5" for d in range(arch.depth)]
+    else:
+        return None
+    outs = [w[q][1] for q in parts]
+    for k, q in enumerate(parts):
+        others = outs[:k] + outs[k + 1:]
+        if others and len(set(others)) == 1 and actual - sum(others) == others[0] != outs[k]:
+            return (q, "out", others[0], outs[k])
+    return None
+
+
 def arch_from_state_dict(sd: Mapping[str, object], form: str | None = None) -> Arch:
     """Recognise the architecture of a released-style state dict from its keys and shapes.
 
@@ -182,7 +205,7 @@ def arch_from_state_dict(sd: Mapping[str, object], form: str | None = None) -> A
     arch = Arch.make(form, layout, scale, widths)
     errs = width_errors(arch)
     if errs:
-        name, side, exp, _ = errs[0]
+        name, side, exp, _ = _odd_part(arch, errs[0]) or errs[0]
         key = dict(table)[name][0] + ".weight"
         got = _shape(sd[key])
         want = (exp, *got[1:]) if side == "out" else (got[0], exp, *got[2:])
