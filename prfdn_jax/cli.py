@@ -16,6 +16,7 @@ import sys
 import warnings
 
 from prfdn_jax import commands as C
+from prfdn_jax import commands_export as X
 from prfdn_jax import commands_images as I
 from prfdn_jax import commands_train as T
 from prfdn_jax.config import STAGES
@@ -76,7 +77,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute dtype (float16/bfloat16: faster on GPUs; the output tail stays float32)")
     _add_memory_budget(u)
     u.add_argument("--overwrite", action="store_true", help="allow an output to replace an input image")
+    u.add_argument("--crf", type=int, default=18, metavar="N",
+                   help="video: x264 quality 0..51, lower is better (default 18, visually lossless)")
+    u.add_argument("--lossless", action="store_true", help="video: lossless RGB H.264 (libx264rgb)")
     u.set_defaults(func=I.cmd_upscale)
+
+    x = sub.add_parser("export", help="write a model as a PyTorch state dict, an ONNX model or our .safetensors")
+    _add_model_args(x, required=True)
+    x.add_argument("--format", required=True, choices=("torch", "onnx", "safetensors"),
+                   help="torch: plain state dict with the released key names (torch.load(weights_only=True)); "
+                        "onnx: dynamic batch/height/width, opset 17; safetensors: our model file")
+    x.add_argument("out", metavar="OUT", help="output file (.pth / .onnx / .safetensors)")
+    x.set_defaults(func=X.cmd_export)
+
+    v = sub.add_parser("verify", help="run one input through JAX, the PyTorch reference and an ONNX file; compare")
+    _add_model_args(v, required=True)
+    v.add_argument("--image", metavar="IMG", help="input image (default: a fixed random 64x64 image)")
+    v.add_argument("--onnx", metavar="FILE", help="also run this ONNX file (onnxruntime, CPU)")
+    v.add_argument("--torch", metavar="FILE", help="check this exported .pth instead of the model's own weights")
+    v.add_argument("--tolerance", type=float, default=1e-2,
+                   help="largest max abs difference on the [0, 255] output allowed (default 0.01)")
+    v.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
+    v.set_defaults(func=X.cmd_verify)
 
     e = sub.add_parser("eval", help="PSNR/SSIM on a folder with HR/ (and optional LR_bicubic/X{S}/)")
     _add_model_args(e, required=True, scale_help="the scale to evaluate: checks that the model is xS (LR images "

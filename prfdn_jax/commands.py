@@ -86,7 +86,10 @@ def resolve_model(args):
     from prfdn_jax.checkpoint import load_any
 
     if args.weights:
-        model, label = load_any(args.weights), str(args.weights)
+        notes: list[str] = []
+        model, label = load_any(args.weights, notes), str(args.weights)
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
     else:
         label = args.model or registry.for_scale(args.scale)
         model = registry.load(label)

@@ -135,6 +135,16 @@ def cmd_upscale(args) -> int:
         raise CLIError(f"--overlap {overlap}: need 0 <= overlap" + (f" < tile ({args.tile})" if args.tile else ""))
     budget = _budget_gb(args)
     check_model_args(args)
+    from prfdn_jax.video import is_video
+
+    if any(is_video(p) for p in args.inputs):
+        if len(args.inputs) != 1 or not is_video(args.output):
+            raise CLIError("a video is upscaled on its own: prfdn upscale IN.mp4 -o OUT.mp4")
+        if not Path(args.inputs[0]).is_file():
+            raise CLIError(f"{args.inputs[0]}: no such file")
+        from prfdn_jax.commands_export import upscale_video_command
+
+        return upscale_video_command(args, Path(args.inputs[0]))
     paths, had_dir = _collect_inputs(args.inputs)
     out = Path(args.output)
     targets = _plan_outputs(paths, had_dir, out, args.overwrite)

@@ -144,3 +144,17 @@ def test_bad_model_file(tmp_path):
     flat.pop("c.bias")
     with pytest.raises(WeightsError, match="missing parameter 'c.bias'"):
         model_from_flat(model.arch, flat)
+
+
+def test_a_changed_concatenated_tensor_is_named_itself():
+    """Widening one distilled conv breaks the concat after it: the message names that conv's key."""
+    import pytest as _pytest
+
+    from converters.state_dict import read_pth
+    from prfdn_jax.spec import StateDictError, arch_from_state_dict
+
+    sd = read_pth(shared_path("weights", "prfdn_x2_pruned.pth"))
+    sd["B1234.c1_d.weight"] = np.zeros((14, 22, 1, 1), np.float32)
+    sd["B1234.c1_d.bias"] = np.zeros(14, np.float32)
+    with _pytest.raises(StateDictError, match=r"'B1234\.c1_d\.weight': checkpoint \(14, 22, 1, 1\), expected \(11"):
+        arch_from_state_dict(sd)
