@@ -140,3 +140,28 @@ def test_worker_processes_give_the_same_batches(folder):
 def test_shared_path_honours_env(monkeypatch, tmp_path):
     monkeypatch.setenv("PRFDN_SHARED", str(tmp_path))
     assert data.shared_path("data", "Set5") == tmp_path / "data" / "Set5"
+
+
+def test_aligned_lr_mode_crops_the_sub_image_lr(folder):
+    """lr_mode='aligned': LR crops of each sub-image's LR (made once), the same with a worker process."""
+    kw = dict(scale=2, patch=48, batch=2, seed=7, lr_mode="aligned", sub_size=64, step=32)
+    ref = _take(data.make_iterator([folder], augment=False, **kw), 3)
+    imgs = [imaging.read_image(p).rgb for p in imaging.list_images(folder)]
+    for b in ref:
+        for hr, lr in zip(b["hr"], b["lr"]):
+            hits = [(img, y, x, sy, sx) for img in imgs for sy, sx, sh, sw in data.sub_boxes(*img.shape[:2], 2, 64, 32)
+                    for y in range(0, sh - 48 + 1, 2) for x in range(0, sw - 48 + 1, 2)
+                    if np.array_equal(img[sy + y:sy + y + 48, sx + x:sx + x + 48], hr)]
+            assert hits
+            img, y, x, sy, sx = hits[0]
+            sub_lr = resize.downscale(img[sy:sy + 64, sx:sx + 64], 2, "matlab")
+            np.testing.assert_array_equal(lr, sub_lr[y // 2:y // 2 + 24, x // 2:x // 2 + 24])
+    a = _take(data.make_iterator([folder], **kw), 3)
+    it = data.make_iterator([folder], workers=1, **kw)
+    try:
+        got = _take(it, 3)
+    finally:
+        it.close()
+    for x, y in zip(a, got):
+        np.testing.assert_array_equal(x["hr"], y["hr"])
+        np.testing.assert_array_equal(x["lr"], y["lr"])
