@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--patch", type=int, help="data: HR patch side (default 128)")
     b.add_argument("--seconds", type=float, default=10.0, help="data: seconds to measure each source (default 10)")
     b.add_argument("--workers", type=int, default=0, help="data: grain worker processes (default 0)")
-    b.set_defaults(func=C.cmd_bench)
+    b.set_defaults(func=lambda args: D.cmd_bench_data(args) if args.what == "data" else C.cmd_bench(args))
 
     pr = sub.add_parser("prepare", help="cut training images into HR sub-images with their exact LR (ArrayRecord), "
                                         "for fast training input")

@@ -206,10 +206,6 @@ def cmd_bench(args) -> int:
     from prfdn_jax import bench
 
     _check_positive(args, {"--batch": 1, "--runs": 1, "--warmup": 0, "--nf": 2, "--repeats": 1, "--workers": 0})
-    if args.what == "data":
-        from prfdn_jax.commands_data import cmd_bench_data
-
-        return cmd_bench_data(args)
     _refuse_options(args, ("--data", "--patch"), "of `prfdn bench data` only")
     if args.what == "paths":
         _refuse_options(args, ("--model", "--weights", "--scale", "--backend", "--torch-modes", "--warmup", "--runs",
