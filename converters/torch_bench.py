@@ -5,10 +5,17 @@ Modes: ``eager`` (NCHW), ``channels_last``, ``cuda_graph`` (CUDA only: one captu
 (``shared/docs/benchmark-protocol.md``): random input, ``cudnn.benchmark``, fp16/bf16 by casting model
 and input (no autocast), warm-up passes, then device-synchronised timed passes; median and mean are
 reported, compile/capture time apart.
+
+Training (:func:`bench_torch_train`, behind ``prfdn bench train``): one step of the reference network in
+train mode (Adam lr 5e-4, L1 / 255, uint8 LR/HR batches converted on the device, as ``prfdn train``
+does), modes :data:`TRAIN_MODES`: ``eager``, ``channels_last``, ``bf16_autocast`` (``torch.autocast``
+bfloat16, the loss in float32) and ``compile`` (``torch.compile`` of the network; forward and backward
+compiled, Adam eager). Every mode starts from the same weights and a fresh Adam.
 """
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 
@@ -90,4 +97,62 @@ def bench_torch(model, x: np.ndarray, dtype: str = "float32", modes=None, warmup
             times = _timed(call, dev, warmup, runs)
         rows.append({"mode": mode, "median_ms": statistics.median(times), "mean_ms": statistics.fmean(times),
                      "compile_s": compile_s, "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu"})
+    return rows
+
+
+TRAIN_MODES = ("eager", "channels_last", "bf16_autocast", "compile")
+
+
+def bench_torch_train(model, lr: np.ndarray, hr: np.ndarray, modes=None, warmup: int = 2, runs: int = 5,
+                      lr_rate: float = 5e-4) -> list[dict]:
+    """``[{'mode', 'dtype', 'median_ms', 'mean_ms', 'compile_s'}]``: one training step of the PyTorch reference
+    of ``model`` on ``lr``/``hr`` (uint8 NHWC); a mode that fails gives ``{'mode', 'dtype', 'error'}``."""
+    from converters.pruning import to_torch
+
+    bad = [m for m in modes or () if m not in TRAIN_MODES]
+    if bad:
+        raise ValueError(f"unknown training mode {', '.join(bad)}; modes: {', '.join(TRAIN_MODES)}")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.backends.cudnn.benchmark = True
+    base = to_torch(model)
+    x8 = torch.from_numpy(np.ascontiguousarray(lr.transpose(0, 3, 1, 2))).to(dev)
+    y8 = torch.from_numpy(np.ascontiguousarray(hr.transpose(0, 3, 1, 2))).to(dev)
+    rows = []
+    for mode in modes or TRAIN_MODES:
+        cl = mode == "channels_last"
+        fmt = torch.channels_last if cl else torch.contiguous_format
+        net = copy.deepcopy(base).to(dev).train().to(memory_format=fmt)
+        opt = torch.optim.Adam(net.parameters(), lr=lr_rate, betas=(0.9, 0.999))
+        x, y = x8.contiguous(memory_format=fmt), y8.contiguous(memory_format=fmt)
+        fwd = net
+        dtype = "bfloat16" if mode == "bf16_autocast" else "float32"
+
+        def step(fwd=fwd, opt=opt, x=x, y=y, mode=mode):
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(dev, dtype=torch.bfloat16, enabled=mode == "bf16_autocast"):
+                out = fwd(x.float())
+            loss = (out.float() - y.float()).abs().mean() / 255.0
+            loss.backward()
+            opt.step()
+            return loss
+
+        compile_s = 0.0
+        try:
+            if mode == "compile":
+                fwd = torch.compile(net)
+                t = time.perf_counter()
+                step(fwd=fwd)
+                _sync(dev)
+                compile_s = time.perf_counter() - t
+                call = lambda fwd=fwd: step(fwd=fwd)  # noqa: E731
+            else:
+                call = step
+            times = _timed(call, dev, warmup, runs)
+        except Exception as e:  # noqa: BLE001 - a mode this machine cannot run (no compiler, ...) is reported
+            rows.append({"mode": mode, "dtype": dtype, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+                         if str(e) else type(e).__name__})
+            continue
+        rows.append({"mode": mode, "dtype": dtype, "median_ms": statistics.median(times),
+                     "mean_ms": statistics.fmean(times), "compile_s": compile_s,
+                     "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu"})
     return rows

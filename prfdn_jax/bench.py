@@ -2,6 +2,7 @@
 
     prfdn bench paths [--size 128] [--nf 50] [--layout b4s] [--repeats 5]
     prfdn bench (--model NAME | --weights PATH) [--size HxW] [--batch B] [--dtype D] [--backend jax|torch|both] [--json]
+    prfdn bench train [--layout b4s|b2s|rfdn] [--nf 50] [--scale 2] [--batch B] [--patch P] [--json]
 
 ``paths``: the apply paths of one branch/wide network (same parameters): vmapped branches, one
 grouped conv per layer, a loop of per-branch convs, a dense block-diagonal conv; forward and
@@ -9,6 +10,9 @@ forward+backward (the training step's gradient), jitted, median of ``repeats`` a
 The inference benchmark: the deployed JAX network (:func:`prfdn_jax.deploy.deploy`) against the PyTorch
 reference with the same weights in every mode (:mod:`converters.torch_bench`), NTIRE protocol (random
 input, warm-up, synchronised timings, median and mean, compile time apart).
+``train`` (:func:`bench_train`): one training step (Adam, L1 / 255, uint8 LR/HR patches as ``prfdn train``
+feeds them) of the step ``prfdn train`` compiles (:func:`prfdn_jax.train_step.make_train_step`), for every
+apply path and compute dtype, against the PyTorch reference's training step in every mode.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from prfdn_jax.extras import require_torch
-from prfdn_jax.networks import build, default_arch, set_impl
+from prfdn_jax.networks import build, default_arch, set_impl, with_impl
 
 
 def _time(fn, repeats: int) -> float:
@@ -166,3 +170,111 @@ def print_inference(res: dict, label: str) -> None:
         print(f"| {name} | {r['median_ms']:.2f} | {r['mean_ms']:.2f} | {r['compile_s']:.1f} | {vs} |")
     if "ratio" in res:
         print(f"JAX / best PyTorch ({res['torch_mode']}): {res['ratio']:.2f}")
+
+
+# ----------------------------------------------------------------------------- training step
+def _train_jax(model, impl: str, dtype: str, lr: np.ndarray, hr: np.ndarray, warmup: int, runs: int) -> dict:
+    """Median/mean ms of ``prfdn train``'s jitted step (Adam lr 5e-4, L1) on one device, state carried over."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    from prfdn_jax.config import TrainConfig
+    from prfdn_jax.train_step import make_optimizer, make_train_step
+
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    repl, shard = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    graphdef, params, rest = nnx.split(with_impl(model, impl), nnx.Param, ...)
+    tx, _ = make_optimizer(TrainConfig(lr=5e-4, schedule="constant"))
+    step = make_train_step(graphdef, rest, tx, 255.0, repl, shard, dtype=dtype)
+    params = jax.device_put(params, repl)
+    opt = jax.jit(tx.init, out_shardings=repl)(params)
+    x, y = jax.device_put(lr, shard), jax.device_put(hr, shard)
+    t = time.perf_counter()
+    step = step.lower(params, opt, None, x, y).compile()
+    compile_s = time.perf_counter() - t
+    state = [params, opt]
+
+    def one():
+        state[0], state[1], _, loss, _ = step(state[0], state[1], None, x, y)
+        loss.block_until_ready()
+
+    for _ in range(warmup):
+        one()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        one()
+        times.append((time.perf_counter() - t) * 1e3)
+    return {"impl": impl, "dtype": dtype, "median_ms": statistics.median(times), "mean_ms": statistics.fmean(times),
+            "compile_s": compile_s}
+
+
+def bench_train(layout: str = "b4s", nf: int = 50, scale: int = 2, batch: int = 16, patch: int = 64, impls=None,
+                dtypes=("float32", "bfloat16"), backend: str = "both", warmup: int | None = None,
+                runs: int | None = None, torch_modes=None, seed: int = 0) -> dict:
+    """One training step of a ``layout`` net (branch form; ``rfdn``: RFDN, 4 blocks) on ``batch`` random
+    ``patch`` x ``patch`` HR patches (LR ``patch / scale``), JAX per apply path x dtype, PyTorch per mode.
+
+    Returns ``{'jax': [rows], 'torch': [rows], 'jax_ms'`` (the default: the backend table's path and
+    ``compute_dtype='auto'``), ``'jax_impl', 'jax_dtype', 'torch_ms'`` (best mode), ``'torch_mode', 'ratio'``
+    (jax_ms / torch_ms), ``'device', ...}``. Rows: ``{'impl' or 'mode', 'dtype', 'median_ms', 'mean_ms',
+    'compile_s'}``; a PyTorch mode that fails has ``'error'`` instead of times.
+    """
+    from prfdn_jax.train_step import resolve_dtype, resolve_impl
+
+    if patch % scale:
+        raise ValueError(f"patch {patch} is not a multiple of the scale {scale}")
+    gpu = jax.default_backend() != "cpu"
+    warmup = (10 if gpu else 2) if warmup is None else warmup
+    runs = (50 if gpu else 5) if runs is None else runs
+    model = build(default_arch(layout, nf=nf, scale=scale, form="branch"), nnx.Rngs(seed))
+    rng = np.random.default_rng(seed)
+    hr = rng.integers(0, 256, (batch, patch, patch, 3), dtype=np.uint8)
+    lr = rng.integers(0, 256, (batch, patch // scale, patch // scale, 3), dtype=np.uint8)
+    default = (resolve_impl(None), resolve_dtype("auto"))
+    n_params = sum(int(np.size(v)) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    out = {"layout": layout, "nf": nf, "scale": scale, "batch": batch, "patch": patch, "params": n_params,
+           "warmup": warmup, "runs": runs, "device": _device(), "jax_impl": default[0], "jax_dtype": default[1]}
+    if backend in ("jax", "both"):
+        if impls is None:
+            impls = ("vmap", "grouped", "loop", "dense") if layout != "rfdn" else (default[0],)
+        combos = [(i, d) for i in impls for d in dtypes]
+        if default not in combos:
+            combos.append(default)
+        out["jax"] = [_train_jax(model, i, d, lr, hr, warmup, runs) for i, d in combos]
+        out["jax_ms"] = next(r["median_ms"] for r in out["jax"] if (r["impl"], r["dtype"]) == default)
+    if backend in ("torch", "both"):
+        require_torch("the PyTorch side of prfdn bench train")
+        from converters.torch_bench import bench_torch_train
+
+        out["torch"] = bench_torch_train(model, lr, hr, torch_modes, warmup, runs)
+        ok = [r for r in out["torch"] if "median_ms" in r]
+        if ok:
+            best = min(ok, key=lambda r: r["median_ms"])
+            out["torch_ms"], out["torch_mode"] = best["median_ms"], best["mode"]
+    if "jax_ms" in out and "torch_ms" in out:
+        out["ratio"] = out["jax_ms"] / out["torch_ms"]
+    return out
+
+
+def print_train(res: dict) -> None:
+    """The training-step table: every JAX path x dtype and PyTorch mode, ms, images/s, ratio to the best PyTorch."""
+    print(f"train step, {res['layout']} nf={res['nf']} x{res['scale']} ({res['params']:,} params), batch "
+          f"{res['batch']} x {res['patch']}x{res['patch']} HR patches, Adam + L1, {res['device']}; "
+          f"{res['warmup']} warm-up + {res['runs']} timed steps")
+    base = res.get("torch_ms")
+    print("| implementation | dtype | median ms | mean ms | images/s | compile s | vs best PyTorch |\n"
+          "|---|---|---|---|---|---|---|")
+    default = (res["jax_impl"], res["jax_dtype"])
+    rows = [(f"JAX {r['impl']}" + (" (default)" if (r["impl"], r["dtype"]) == default else ""), r)
+            for r in res.get("jax", [])]
+    rows += [(f"PyTorch {r['mode']}", r) for r in res.get("torch", [])]
+    for name, r in rows:
+        if "median_ms" not in r:
+            print(f"| {name} | {r['dtype']} | - | - | - | - | failed: {r['error']} |")
+            continue
+        vs = f"{r['median_ms'] / base:.2f}" if base else "-"
+        print(f"| {name} | {r['dtype']} | {r['median_ms']:.1f} | {r['mean_ms']:.1f} | "
+              f"{res['batch'] * 1e3 / r['median_ms']:.1f} | {r['compile_s']:.1f} | {vs} |")
+    if "ratio" in res:
+        print(f"JAX default ({res['jax_impl']}, {res['jax_dtype']}) / best PyTorch ({res['torch_mode']}): "
+              f"{res['ratio']:.2f}")

@@ -4,8 +4,9 @@ Our model file is a ``.safetensors`` file (no pickle) whose tensors are the flat
 (``'stages.0.c1_d.kernel'``: HWIO, stacked layers with a leading branch axis) and whose metadata holds
 ``{"format": "prfdn-jax", "arch": <Arch JSON>, ...}``. ``load_any`` opens every kind of weights a user has.
 
-A training workdir holds ``arch.json`` and orbax checkpoints ``checkpoints/<step>/{model,opt,data}``
-(:func:`workdir_manager`); parameter and optimizer trees are stored packed, one flat vector per dtype
+A training workdir holds ``arch.json`` and orbax checkpoints ``checkpoints/<step>/{model,opt,data[,ema]}``
+(:func:`workdir_manager`; ``ema``: the EMA of the parameters, when the run keeps one; checkpoints
+without it restore too); parameter and optimizer trees are stored packed, one flat vector per dtype
 (:func:`pack`, :func:`unpack`). A checkpoint that does not restore (truncated or garbled files, a
 missing item, an empty step folder) is skipped for the newest one that does (:func:`restore_newest`).
 Reading a ``.pth`` needs PyTorch (the ``torch`` extra).
@@ -218,7 +219,8 @@ def _has_our_metadata(path: Path) -> bool:
 
 
 # ----------------------------------------------------------------------------- training workdirs
-WORKDIR_ITEMS = ("model", "opt", "data")  # parameters, optimizer state, data iterator state
+WORKDIR_ITEMS = ("model", "opt", "data")  # parameters, optimizer state, data iterator state (every checkpoint)
+EMA_ITEM = "ema"  # the EMA of the parameters (packed as "model"): only in checkpoints of runs with ema_decay > 0
 
 
 def workdir_manager(workdir: str | os.PathLike, keep: int = 3):
@@ -228,7 +230,12 @@ def workdir_manager(workdir: str | os.PathLike, keep: int = 3):
     with quiet_orbax():  # a broken step makes orbax log errors of its own; restore_newest says it in one line
         return ocp.CheckpointManager(Path(workdir).resolve() / "checkpoints",
                                      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
-                                     item_names=WORKDIR_ITEMS)
+                                     item_names=WORKDIR_ITEMS + (EMA_ITEM,))
+
+
+def step_has_item(mngr, step: int, item: str) -> bool:
+    """Whether checkpoint ``step`` of ``mngr`` holds ``item`` (e.g. :data:`EMA_ITEM`)."""
+    return (Path(str(mngr.directory)) / str(step) / item).is_dir()
 
 
 @contextlib.contextmanager
@@ -378,10 +385,12 @@ def read_workdir_arch(path: str | os.PathLike) -> Arch:
         raise WeightsError(f"{f}: bad architecture file ({e})") from None
 
 
-def load_workdir_model(path: str | os.PathLike, step: int | None = None) -> nnx.Module:
+def load_workdir_model(path: str | os.PathLike, step: int | None = None, *, ema: bool = True) -> nnx.Module:
     """The network of a training workdir with the parameters of its latest (or ``step``) checkpoint.
 
-    An unreadable latest checkpoint is skipped (one-line warning on stderr) for the newest one that reads.
+    ``ema`` (default): the checkpoint's EMA of the parameters where it has one (a run with
+    ``ema_decay > 0``; what training validates and returns), else its parameters. An unreadable latest
+    checkpoint is skipped (one-line warning on stderr) for the newest one that reads.
     """
     import orbax.checkpoint as ocp
 
@@ -392,7 +401,8 @@ def load_workdir_model(path: str | os.PathLike, step: int | None = None) -> nnx.
     graphdef, params, rest = nnx.split(build_abstract(arch), nnx.Param, ...)
 
     def restore(mngr, s):
-        return unpack(mngr.restore(s, args=ocp.args.Composite(model=ocp.args.StandardRestore()))["model"], params)
+        item = EMA_ITEM if ema and step_has_item(mngr, s, EMA_ITEM) else "model"
+        return unpack(mngr.restore(s, args=ocp.args.Composite(**{item: ocp.args.StandardRestore()}))[item], params)
 
     mngr = workdir_manager(p)
     try:

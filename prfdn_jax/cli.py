@@ -174,12 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmark tables: JAX vs every PyTorch mode on the same weights, or the "
                                      "apply paths (`prfdn bench paths`)")
-    b.add_argument("what", nargs="?", choices=("paths", "data"),
-                   help="paths: the wide apply paths of a branch network; data: training-input throughput")
+    b.add_argument("what", nargs="?", choices=("paths", "data", "train"),
+                   help="paths: the wide apply paths of a branch network; data: training-input throughput; "
+                        "train: one training step, JAX (each path x dtype) vs PyTorch (each mode)")
     _add_model_args(b)
     b.add_argument("--size", metavar="HxW", help="input size (default 540x960; paths: one number, default 128)")
-    b.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
-    b.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32", help="compute dtype (default float32)")
+    b.add_argument("--batch", type=int, help="images per call (default 1; train: 16; data: 16)")
+    b.add_argument("--dtype", choices=DTYPE_CHOICES, help="compute dtype (default float32; train: fp32 and bf16)")
     b.add_argument("--backend", choices=("jax", "torch", "both"),
                    help="which side to time (torch needs the torch extra; default both)")
     b.add_argument("--torch-modes", metavar="M,M", help="PyTorch modes to run (default all: eager, channels_last, "
@@ -188,14 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--runs", type=int, help="timed passes (default 244 on GPU, 5 on CPU)")
     b.add_argument("--baseline", action="store_true", help="also time the network as built (before deploy)")
     b.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
-    b.add_argument("--layout", choices=("b4s", "b2s", "b2"), help="paths: branch layout (default b4s)")
-    b.add_argument("--nf", type=int, help="paths: channels per branch (default 50)")
+    b.add_argument("--layout", choices=("b4s", "b2s", "b2", "rfdn"), help="paths/train: layout (default b4s)")
+    b.add_argument("--nf", type=int, help="paths/train: channels per branch (default 50)")
     b.add_argument("--repeats", type=int, help="paths: timed repeats (default 5)")
     b.add_argument("--data", nargs="+", metavar="SOURCE", help="data: image folders and/or prepared datasets")
-    b.add_argument("--patch", type=int, help="data: HR patch side (default 128)")
+    b.add_argument("--patch", type=int, help="data/train: HR patch side (default 128 / 64)")
     b.add_argument("--seconds", type=float, default=10.0, help="data: seconds to measure each source (default 10)")
     b.add_argument("--workers", type=int, default=0, help="data: grain worker processes (default 0)")
-    b.set_defaults(func=lambda args: D.cmd_bench_data(args) if args.what == "data" else C.cmd_bench(args))
+    b.set_defaults(func=_bench)
 
     pr = sub.add_parser("prepare", help="cut training images into HR sub-images with their exact LR (ArrayRecord), "
                                         "for fast training input")
@@ -212,6 +213,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="record compression (zstd: 15%% smaller, 2x slower to read; default none)")
     pr.set_defaults(func=D.cmd_prepare)
     return p
+
+
+def _bench(args) -> int:
+    args.dtype_given = args.dtype is not None
+    if args.what == "data":
+        return D.cmd_bench_data(args)
+    if args.what == "train":
+        return D.cmd_bench_train(args)
+    args.dtype = args.dtype or "float32"
+    args.batch = args.batch or 1
+    return C.cmd_bench(args)
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:

@@ -6,7 +6,8 @@ takes a module, a module name (``experiments.smoke_x2``), a ``.py`` file, a dict
 
 Resuming a workdir with another config (:func:`config_changes`, :func:`check_resume`): the network
 (:data:`NETWORK_FIELDS`) and the data-loader layout (:data:`LOADER_FIELDS`) are fixed by its
-checkpoints; everything else (steps, lr, schedule, clipping, data, intervals, validation) may change.
+checkpoints; everything else (steps, lr, schedule, clipping, data, intervals, validation, compute dtype,
+EMA decay) may change.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 SCHEDULES = ("constant", "cosine", "multistep")
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16")  # auto: bfloat16 on GPU/TPU, float32 on CPU
 STAGES = ("rfdn", "branch", "reparam", "prune")
 
 
@@ -62,6 +64,8 @@ class TrainConfig:
     b2: float = 0.999
     clip_norm: float = 0.0           # global-norm gradient clipping (0: off)
     loss_norm: float = 255.0
+    compute_dtype: str = "auto"      # forward/backward dtype: 'auto' | 'float32' | 'bfloat16' (params stay fp32)
+    ema_decay: float = 0.0           # EMA of the parameters (e.g. 0.999; 0: off): validated, saved, returned
     # bookkeeping
     log_every: int = 50
     ckpt_every: int = 1000
@@ -216,6 +220,16 @@ def check_config(c: TrainConfig) -> None:
         raise ConfigError(f"unknown schedule {c.schedule!r}; expected one of {SCHEDULES}")
     if not (math.isfinite(c.lr) and c.lr >= 0):
         raise ConfigError(f"bad learning rate {c.lr}")
+    if c.compute_dtype not in COMPUTE_DTYPES:
+        raise ConfigError(f"unknown compute_dtype {c.compute_dtype!r}; expected one of {COMPUTE_DTYPES}")
+    if not (0.0 <= c.ema_decay < 1.0):
+        raise ConfigError(f"ema_decay must be in [0, 1) (0: no EMA), got {c.ema_decay}")
+    from prfdn_jax.impls import check_impl
+
+    try:
+        check_impl(c.impl)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     for k in ("log_every", "ckpt_every", "val_every", "keep"):
         if getattr(c, k) < 1:
             raise ConfigError(f"{k} must be >= 1, got {getattr(c, k)}")

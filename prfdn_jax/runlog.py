@@ -12,7 +12,9 @@ import time
 import warnings
 from pathlib import Path
 
-CSV_FIELDS = ("step", "loss", "lr", "psnr_y", "steps_per_s", "elapsed_s")
+# images_per_s: global batch x steps/s; data_wait: share of the interval's wall time spent waiting for the
+# next batch (0: never, 1: always). Columns are only appended, so older files read by name still work.
+CSV_FIELDS = ("step", "loss", "lr", "psnr_y", "steps_per_s", "elapsed_s", "images_per_s", "data_wait")
 
 
 def summary_writer_class():
@@ -66,14 +68,19 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def record_run(workdir: Path, *, arch_json: str, config: dict, start_step: int, changes: dict,
-               skipped: list | None = None) -> None:
-    """Write ``arch.json`` and ``config.json`` (the latest run's) and append this run to ``runs.jsonl``."""
+               skipped: list | None = None, resolved: dict | None = None) -> None:
+    """Write ``arch.json`` and ``config.json`` (the latest run's) and append this run to ``runs.jsonl``.
+
+    ``resolved``: what the config left to the machine, as this run chose it (apply path, compute dtype,
+    backend, devices)."""
     _write_text(workdir / "arch.json", arch_json)
     _write_text(workdir / "config.json", json.dumps(config, indent=1, default=str))
     entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "start_step": start_step,
              "changes": {k: {"was": o, "now": n} for k, (o, n) in changes.items()}}
     if skipped:
         entry["skipped_checkpoints"] = [{"step": s, "why": why} for s, why in skipped]
+    if resolved:
+        entry["resolved"] = resolved
     entry["config"] = config
     with open(workdir / RUNS, "a") as f:
         f.write(json.dumps(entry, default=str) + "\n")
@@ -94,7 +101,7 @@ class MetricsLog:
             with open(self.path, newline="") as f:
                 self.rows = [r for r in csv.DictReader(f) if r.get("step") and int(r["step"]) <= start_step]
         with open(self.path, "w", newline="") as f:
-            w = csv.DictWriter(f, CSV_FIELDS)
+            w = csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore")  # older files: missing columns stay empty
             w.writeheader()
             w.writerows(self.rows)
         try:
@@ -110,10 +117,11 @@ class MetricsLog:
                for k in CSV_FIELDS}
         self.rows.append(row)
         with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, CSV_FIELDS).writerow(row)
+            csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore").writerow(row)
         if self.tb is not None:
             step = int(row["step"])
             for key, tag in (("loss", "train/loss"), ("lr", "train/lr"), ("steps_per_s", "train/steps_per_s"),
+                             ("images_per_s", "train/images_per_s"), ("data_wait", "train/data_wait"),
                              ("psnr_y", "val/psnr_y")):
                 if row[key] != "":
                     self.tb.add_scalar(tag, float(row[key]), step)

@@ -4,17 +4,23 @@ A run is described by a :class:`prfdn_jax.config.TrainConfig` (configs: :mod:`pr
 ``prfdn train CONFIG --workdir W`` is the command line.
 
 The network is trained in the form it is given: a branch or wide net through the backend's default
-wide apply path, a merged/pruned net as dense convs (``config.impl`` sets another apply path, once,
-with ``networks.set_impl``). Pixels stay in [0, 255]; the loss is ``mean|SR - HR| / loss_norm``
-(255: the scale Adam is used to).
+wide apply path (``impls.DEFAULT_IMPL``), a merged/pruned net as dense convs (``config.impl`` sets
+another apply path, once, with ``networks.set_impl``). Pixels stay in [0, 255]; the loss is
+``mean|SR - HR| / loss_norm`` (255: the scale Adam is used to), computed in float32.
+``config.compute_dtype`` (``auto``: bfloat16 on GPU/TPU, float32 on CPU) is the dtype of the
+forward/backward; parameters, Adam state and the EMA stay float32 (:mod:`prfdn_jax.train_step`).
+``config.ema_decay > 0`` keeps an EMA of the parameters (BasicSR's ``params_ema``): validation, the
+returned network and ``load_workdir_model`` use it. The apply path and dtype a run resolved are in
+``runs.jsonl`` (``resolved``).
 
 Workdir layout (reading and writing it: :mod:`prfdn_jax.checkpoint`)::
 
     arch.json  config.json            the network trained and the config of the latest run
     runs.jsonl                        one line per run: time, start step, changed settings, config
-    checkpoints/<step>/{model,opt,data}  orbax: parameters, optimizer state, data iterator state
+    checkpoints/<step>/{model,opt,data[,ema]}  orbax: parameters, optimizer state, data iterator state, EMA
     corrupt_checkpoints/<step>        unreadable checkpoints a resume passed over
-    metrics.csv  metrics.png  tb/     loss / lr / validation PSNR-Y (CSV, plot, TensorBoard)
+    metrics.csv  metrics.png  tb/     loss / lr / validation PSNR-Y / steps/s, images/s and the share of
+                                      time spent waiting for data (CSV, plot, TensorBoard)
 
 Running again with the same workdir resumes from the newest readable checkpoint; the result is
 bit-identical to an uninterrupted run (same devices). Settings the checkpoints fix (the network, the
@@ -39,17 +45,19 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from prfdn_jax import data as data_lib
-from prfdn_jax.checkpoint import (CORRUPT_DIR, flat_params, host, host_tree, load_any, pack, read_workdir_arch,
-                                  restore_newest, set_aside, set_flat_params, unpack, unreadable_text, workdir_manager)
+from prfdn_jax.checkpoint import (CORRUPT_DIR, EMA_ITEM, flat_params, host, host_tree, load_any, pack,
+                                  read_workdir_arch, restore_newest, set_aside, set_flat_params, step_has_item, unpack,
+                                  unreadable_text, workdir_manager)
 from prfdn_jax.config import (ConfigError, TrainConfig, check_config, check_resume, config_changes, config_json,
                               describe_changes, train_config)
 from prfdn_jax.evaluate import EvalSetError, device_forward, evaluate, load_eval_set
 from prfdn_jax.networks import Arch, build_abstract, default_arch, set_impl
 from prfdn_jax.runlog import MetricsLog, previous_config, record_run
+from prfdn_jax.train_step import (cached_train_step, ema_init, make_optimizer, make_schedule, make_train_step,
+                                  resolve_dtype, resolve_impl)
 
 __all__ = ["TrainingDiverged", "TrainConfig", "ConfigError", "random_init", "init_model", "make_schedule",
            "make_optimizer", "cached_train_step", "make_train_step", "maybe_initialize_distributed", "train",
@@ -113,66 +121,6 @@ def init_model(config: TrainConfig) -> nnx.Module:
     return set_flat_params(model, new)
 
 
-def make_schedule(c: TrainConfig):
-    steps = max(c.steps, 1)
-    if c.schedule == "constant":
-        sched = optax.constant_schedule(c.lr)
-    elif c.schedule == "cosine":
-        sched = optax.cosine_decay_schedule(c.lr, max(steps - c.warmup, 1))
-    else:
-        bounds = {int(round(m * steps)) - c.warmup: c.gamma for m in c.milestones}
-        sched = optax.piecewise_constant_schedule(c.lr, {k: v for k, v in bounds.items() if k > 0})
-    if c.warmup:
-        sched = optax.join_schedules([optax.linear_schedule(0.0, c.lr, c.warmup), sched], [c.warmup])
-    return sched
-
-
-def make_optimizer(c: TrainConfig):
-    sched = make_schedule(c)
-    tx = optax.adam(sched, b1=c.b1, b2=c.b2)
-    if c.clip_norm > 0:
-        tx = optax.chain(optax.clip_by_global_norm(c.clip_norm), tx)
-    return tx, sched
-
-
-_JIT_CACHE: dict = {}  # one compile per (network and apply path, optimizer, mesh) and process, across runs
-
-
-def _opt_key(c: TrainConfig) -> tuple:
-    horizon = max(c.steps, 1) if c.schedule != "constant" else None  # a constant lr ignores the length
-    return (c.lr, c.schedule, c.milestones, c.gamma, c.warmup, c.b1, c.b2, c.clip_norm, horizon)
-
-
-def cached_train_step(config: TrainConfig, graphdef, rest, repl, batch_sharding):
-    """:func:`make_train_step` for ``config``, memoised (re-running a config does not recompile)."""
-    key = ("step", graphdef, jax.tree.structure(rest), config.loss_norm, _opt_key(config), repl, batch_sharding)
-    if key not in _JIT_CACHE:
-        tx, _ = make_optimizer(config)
-        _JIT_CACHE[key] = make_train_step(graphdef, rest, tx, config.loss_norm, repl, batch_sharding)
-    return _JIT_CACHE[key]
-
-
-def make_train_step(graphdef, rest, tx, loss_norm: float, repl, batch_sharding):
-    """``step(params, opt_state, lr, hr) -> (params, opt_state, loss, ok)``; lr/hr uint8 ``(B, h, w, 3)``.
-
-    The apply path is the network's (``graphdef``'s): set it with ``set_impl`` before splitting.
-    """
-
-    def loss_fn(params, x, y):
-        out = nnx.merge(graphdef, params, rest)(x)
-        return jnp.mean(jnp.abs(out - y)) / loss_norm
-
-    def step(params, opt_state, lr, hr):
-        loss, grads = jax.value_and_grad(loss_fn)(params, lr.astype(jnp.float32), hr.astype(jnp.float32))
-        updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        ok = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
-        return params, opt_state, loss, ok
-
-    return jax.jit(step, in_shardings=(repl, repl, batch_sharding, batch_sharding),
-                   out_shardings=(repl, repl, repl, repl))
-
-
 def maybe_initialize_distributed(config: TrainConfig) -> None:
     """``jax.distributed.initialize()`` when ``config.distributed`` or ``PRFDN_DISTRIBUTED=1``.
 
@@ -211,10 +159,13 @@ def finetune(model: nnx.Module, config, data_dirs, steps: int, workdir=None, *, 
 
 def run(config, workdir, data_dirs=None, steps: int | None = None, model: nnx.Module | None = None, *,
         val_dirs=None, verbose: bool = True) -> tuple[nnx.Module, dict]:
-    """Train and return ``(trained network, summary)``.
+    """Train and return ``(trained network, summary)``; the network is the EMA of the parameters when
+    ``config.ema_decay > 0``, else the parameters.
 
     summary: ``workdir, start_step, step, steps, loss (mean over the last log interval), psnr_y,
-    best_psnr_y, devices, processes, per_device_batch, params, wall_s, steps_per_s, arch, losses``
+    best_psnr_y, devices, processes, per_device_batch, params, wall_s, steps_per_s, images_per_s,
+    data_wait`` (share of the run's wall time spent waiting for batches), ``impl, compute_dtype`` (as
+    resolved for this backend), ``ema`` (whether the network returned is the EMA), ``arch, losses``
     (``[(step, loss)]`` of every logged interval of this run), ``batch_shards`` (the LR batch shapes
     held by this process's devices, first step), ``skipped_checkpoints`` (``[(step, why)]``: unreadable
     checkpoints passed over, moved to ``corrupt_checkpoints/``).
@@ -235,6 +186,7 @@ def run(config, workdir, data_dirs=None, steps: int | None = None, model: nnx.Mo
     mesh = Mesh(np.array(devices), ("data",))
     repl, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     is_main = proc == 0
+    impl, dtype, use_ema = resolve_impl(config.impl), resolve_dtype(config.compute_dtype), config.ema_decay > 0
 
     # network: the checkpoint's, else the given one, else the config's
     created = not workdir.exists()
@@ -251,7 +203,6 @@ def run(config, workdir, data_dirs=None, steps: int | None = None, model: nnx.Mo
             model = build_abstract(arch)
         elif model is None:
             model = init_model(config)
-        set_impl(model, config.impl)
         arch = model.arch
         if arch.scale != config.scale:
             config = config.replace(scale=arch.scale)
@@ -261,56 +212,72 @@ def run(config, workdir, data_dirs=None, steps: int | None = None, model: nnx.Mo
                                     batch=config.batch // n_proc, degradation=config.degradation,
                                     augment=config.augment, seed=config.seed, workers=config.workers,
                                     shard=(proc, n_proc))
-        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        graphdef, params, rest = nnx.split(set_impl(model, impl), nnx.Param, ...)  # the path, fixed for the jit
+        set_impl(model, config.impl)
         tx, sched = make_optimizer(config)
         try:
-            start, state, skipped = _restore(workdir, mngr, it, params, tx) if have else (None, None, [])
+            start, state, skipped = _restore(workdir, mngr, it, params, tx, use_ema) if have else (None, None, [])
             if start is None:
                 params = jax.device_put(params, repl)
                 opt_state = jax.jit(tx.init, out_shardings=repl)(params)
+                ema = None
                 start = 0
             else:
-                params, opt_state = (jax.device_put(x, repl) for x in state)
+                params, opt_state, ema = (None if x is None else jax.device_put(x, repl) for x in state)
                 if config.steps < start:
                     raise ConfigError(f"{workdir}: steps {config.steps} is below its checkpoint's step {start}; "
                                       f"use steps >= {start} or a new workdir")
                 if skipped:
                     mngr = _set_aside(workdir, mngr, skipped, start, config.keep, is_main)
+                if use_ema and ema is None and is_main:
+                    print(f"note: {workdir}: checkpoint {start} holds no EMA; the EMA starts from its parameters",
+                          file=sys.stderr, flush=True)
+            if use_ema and ema is None:
+                ema = jax.jit(ema_init, out_shardings=repl)(params)
             changes = config_changes(previous, config)
+            resolved = {"impl": impl, "compute_dtype": dtype, "backend": jax.default_backend(), "devices": n_dev}
             if is_main:
                 record_run(workdir, arch_json=arch.to_json(), config=config_json(config), start_step=start,
-                           changes=changes, skipped=skipped)
+                           changes=changes, skipped=skipped, resolved=resolved)
                 if start and changes:
                     print(f"note: {workdir}: continuing with {describe_changes(changes)}", file=sys.stderr,
                           flush=True)
-            summary = _loop(config, workdir, mngr, it, graphdef, rest, params, opt_state, tx, sched, start,
-                            repl, batch_sharding, is_main, verbose, val_set)
+            summary = _loop(config, workdir, mngr, it, graphdef, rest, {"params": params, "opt": opt_state,
+                            "ema": ema}, sched, start, repl, batch_sharding, is_main, verbose, val_set)
         finally:
             if hasattr(it, "close"):
                 it.close()
-        params = summary.pop("_params")
+        final = summary.pop("_state")
     finally:
         mngr.wait_until_finished()
         mngr.close()
         _tidy(workdir, created)
     summary.update(devices=n_dev, processes=n_proc, per_device_batch=config.batch // n_dev,
-                   arch=arch.to_json(), workdir=str(workdir), skipped_checkpoints=skipped)
-    trained = nnx.merge(graphdef, jax.tree.map(jnp.asarray, host_tree(params)), rest)
+                   arch=arch.to_json(), workdir=str(workdir), skipped_checkpoints=skipped, impl=impl,
+                   compute_dtype=dtype, ema=use_ema)
+    out = final["ema"] if use_ema else final["params"]
+    trained = set_impl(nnx.merge(graphdef, jax.tree.map(jnp.asarray, host_tree(out)), rest), config.impl)
     summary["params"] = sum(int(np.size(v)) for v in jax.tree.leaves(nnx.state(trained, nnx.Param)))
     return trained, summary
 
 
-def _restore(workdir, mngr, it, params, tx):
-    """``(step, (params, opt_state), skipped)`` of the newest readable checkpoint; restores ``it`` too."""
+def _restore(workdir, mngr, it, params, tx, use_ema: bool):
+    """``(step, (params, opt_state, ema), skipped)`` of the newest readable checkpoint; restores ``it`` too.
+
+    ``ema`` is None unless ``use_ema`` and the checkpoint holds one (older checkpoints do not).
+    """
     import grain
     import orbax.checkpoint as ocp
 
     def restore(m, step):
-        r = m.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore(),
-                                                     opt=ocp.args.StandardRestore(),
-                                                     data=grain.checkpoint.CheckpointRestore(it)))
+        with_ema = use_ema and step_has_item(m, step, EMA_ITEM)
+        items = {"model": ocp.args.StandardRestore(), "opt": ocp.args.StandardRestore(),
+                 "data": grain.checkpoint.CheckpointRestore(it)}
+        if with_ema:
+            items[EMA_ITEM] = ocp.args.StandardRestore()
+        r = m.restore(step, args=ocp.args.Composite(**items))
         p = unpack(r["model"], params)
-        return p, unpack(r["opt"], jax.eval_shape(tx.init, p))
+        return p, unpack(r["opt"], jax.eval_shape(tx.init, p)), unpack(r[EMA_ITEM], params) if with_ema else None
 
     return restore_newest(workdir, mngr, restore)
 
@@ -348,8 +315,9 @@ def _val_set(config: TrainConfig) -> list:
         raise ConfigError(f"validation: {e}") from None
 
 
-def _loop(config, workdir, mngr, it, graphdef, rest, params, opt_state, tx, sched, start, repl, batch_sharding,
-          is_main, verbose, val_set):
+def _loop(config, workdir, mngr, it, graphdef, rest, state, sched, start, repl, batch_sharding, is_main, verbose,
+          val_set):
+    """The steps ``start -> config.steps``; ``state``: ``{'params', 'opt', 'ema'}`` (ema None: no EMA)."""
     import grain
     import orbax.checkpoint as ocp
 
@@ -367,27 +335,32 @@ def _loop(config, workdir, mngr, it, graphdef, rest, params, opt_state, tx, sche
     last_saved = start if start else None
     t0 = time.perf_counter()
     t_last, s_last = t0, start
+    wait, wait_total = 0.0, 0.0  # seconds blocked in next(it): this log interval, the whole run
     step = start
+    params, opt_state, ema = state["params"], state["opt"], state["ema"]
 
     def to_global(x):
         return jax.make_array_from_process_local_data(batch_sharding, x)
 
     def save(s):
-        mngr.save(s, args=ocp.args.Composite(model=ocp.args.StandardSave(pack(params)),
-                                             opt=ocp.args.StandardSave(pack(opt_state)),
-                                             data=grain.checkpoint.CheckpointSave(it)))
+        items = {"model": ocp.args.StandardSave(pack(params)), "opt": ocp.args.StandardSave(pack(opt_state)),
+                 "data": grain.checkpoint.CheckpointSave(it)}
+        if ema is not None:
+            items[EMA_ITEM] = ocp.args.StandardSave(pack(ema))
+        mngr.save(s, args=ocp.args.Composite(**items))
 
     batch_shards = None
     try:
         while step < total:
+            t_wait = time.perf_counter()
             batch = next(it)
+            wait += time.perf_counter() - t_wait
             lr_batch, hr_batch = to_global(batch["lr"]), to_global(batch["hr"])
             if batch_shards is None:  # what the devices actually hold
                 batch_shards = [tuple(sh.data.shape) for sh in lr_batch.addressable_shards]
-            params_new, opt_new, loss, ok = step_fn(params, opt_state, lr_batch, hr_batch)
+            params, opt_state, ema, loss, ok = step_fn(params, opt_state, ema, lr_batch, hr_batch)
             step += 1
             pending.append((step, loss, ok))
-            params, opt_state = params_new, opt_new
             do_val = bool(val_set) and (step % config.val_every == 0 or step == total)
             do_save = step % config.ckpt_every == 0 or step == total
             if not (do_val or do_save or step % config.log_every == 0):
@@ -405,13 +378,15 @@ def _loop(config, workdir, mngr, it, graphdef, rest, params, opt_state, tx, sche
                                        f"stopped; last good checkpoint: {where}")
             now = time.perf_counter()
             sps = (step - s_last) / max(now - t_last, 1e-9)
-            t_last, s_last = now, step
+            share = wait / max(now - t_last, 1e-9)
+            t_last, s_last, wait_total, wait = now, step, wait_total + wait, 0.0
             mean_loss = float(np.mean([l for _, l, _ in vals]))
             losses.append((step, mean_loss))
             row = {"step": step, "loss": mean_loss, "lr": float(sched(step - 1)), "steps_per_s": round(sps, 3),
-                   "elapsed_s": round(now - t0, 3)}
+                   "elapsed_s": round(now - t0, 3), "images_per_s": round(sps * config.batch, 2),
+                   "data_wait": round(share, 4)}
             if do_val:
-                f = device_forward(graphdef, rest, params)
+                f = device_forward(graphdef, rest, params if ema is None else ema)
                 row["psnr_y"] = evaluate(f, val_set, config.scale, with_ssim=False)["psnr_y"]
                 psnrs.append((step, row["psnr_y"]))
             log.write(row)
@@ -419,7 +394,9 @@ def _loop(config, workdir, mngr, it, graphdef, rest, params, opt_state, tx, sche
                 save(step)
                 last_saved = step
             if pbar is not None:
-                pbar.set_postfix(loss=f"{mean_loss:.4g}", **({"psnr": f"{row['psnr_y']:.2f}"} if do_val else {}))
+                pbar.set_postfix(loss=f"{mean_loss:.4g}", **{"img/s": f"{row['images_per_s']:.4g}",
+                                                              "data": f"{share:.0%}"},
+                                 **({"psnr": f"{row['psnr_y']:.2f}"} if do_val else {}))
                 pbar.update(1)
     finally:
         if pbar is not None:
@@ -433,12 +410,16 @@ def _loop(config, workdir, mngr, it, graphdef, rest, params, opt_state, tx, sche
         "psnr_y": psnrs[-1][1] if psnrs else None,
         "best_psnr_y": max(p for _, p in psnrs) if psnrs else None,
         "wall_s": round(wall, 3), "steps_per_s": round(done / wall, 3) if done and wall > 0 else None,
-        "losses": losses, "batch_shards": batch_shards, "_params": params,
+        "images_per_s": round(done * config.batch / wall, 2) if done and wall > 0 else None,
+        "data_wait": round((wait_total + wait) / wall, 4) if done and wall > 0 else None,
+        "losses": losses, "batch_shards": batch_shards,
+        "_state": {"params": params, "opt": opt_state, "ema": ema},
     }
     if verbose and is_main:
         msg = f"[train] {workdir}: steps {start}->{step} in {wall:.1f}s"
         if done:
-            msg += f" ({summary['steps_per_s']} steps/s), loss {summary['loss']:.5g}"
+            msg += (f" ({summary['steps_per_s']} steps/s, {summary['images_per_s']} img/s, "
+                    f"{summary['data_wait']:.0%} waiting for data), loss {summary['loss']:.5g}")
         if psnrs:
             msg += f", PSNR-Y {summary['psnr_y']:.3f} dB (best {summary['best_psnr_y']:.3f})"
         print(msg, flush=True)

@@ -1,7 +1,8 @@
 """Tests for prfdn_jax.train: exact resume (also after SIGKILL), data parallelism, NaN stop, workdirs, `prfdn train`.
 
-The tiny smoke config (experiments/smoke_x2.py) compiles one train step per process and runs in this
-process share it (train's jit cache); compiling dominates the run time on a CPU.
+The tiny smoke config (experiments/smoke_x2.py, here with an EMA of the parameters: ``EMA``) compiles one
+train step per process and runs in this process share it (train's jit cache); compiling dominates the
+run time on a CPU. Resumes are checked bit for bit on both the parameters and their EMA.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from conftest import ROOT, shared_path  # noqa: E402
 from prfdn_jax.impls import configure_xla_flags
 
 SMOKE = str(ROOT / "experiments" / "smoke_x2.py")
+EMA = 0.9  # ema_decay of the runs here (one compiled step for all of them)
 # The XLA flags `prfdn` sets for its own runs, here too (before JAX starts a backend): the runs in this
 # process and the `prfdn train` subprocesses must compile the same code to agree bit for bit.
 configure_xla_flags()
@@ -43,7 +45,7 @@ def set5():
 
 @pytest.fixture(scope="module")
 def cfg():
-    return load_config(SMOKE)
+    return load_config(SMOKE).replace(ema_decay=EMA)
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +59,8 @@ def runs(tmp_path_factory, cfg, set14, set5):
     return {"root": root, "A": a, "B3": b3, "B6": b6}
 
 
-def _params(workdir):
-    return flat_params(load_workdir_model(workdir))
+def _params(workdir, ema=True):
+    return flat_params(load_workdir_model(workdir, ema=ema))
 
 
 def _assert_same_params(a, b):
@@ -70,7 +72,10 @@ def _assert_same_params(a, b):
 def test_resume_is_bit_identical(runs):
     root = runs["root"]
     assert runs["B3"]["step"] == 3 and runs["B6"]["start_step"] == 3 and runs["B6"]["step"] == 6
-    _assert_same_params(_params(root / "A"), _params(root / "B"))
+    _assert_same_params(_params(root / "A"), _params(root / "B"))  # the EMA
+    _assert_same_params(_params(root / "A", ema=False), _params(root / "B", ema=False))  # the parameters
+    ema, raw = _params(root / "A"), _params(root / "A", ema=False)
+    assert any(not np.array_equal(ema[k], raw[k]) for k in ema)
     assert [s for s, _ in runs["A"]["losses"]] == [1, 2, 3, 4, 5, 6]
     assert runs["A"]["losses"][3:] == runs["B6"]["losses"]  # the resumed run saw the same batches
 
@@ -148,7 +153,7 @@ def killed_run(tmp_path_factory, set14):
     tmp = tmp_path_factory.mktemp("killed")
     w = tmp / "w"
     argv = [SMOKE, "--workdir", str(w), "--data", set14, "--steps", str(KILL_STEPS), "--set", "ckpt_every=2",
-            "log_every=5"]
+            "log_every=5", f"ema_decay={EMA}"]
     log = open(tmp / "log.txt", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "prfdn_jax.cli", "train", *argv], env=_env(), cwd=ROOT, stdout=log,
                             stderr=subprocess.STDOUT)
@@ -187,7 +192,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, cfg, set14, kil
     # resume here with the same command line (this process has the step compiled already)
     assert main(["train", *killed_run["argv"]]) == 0
     assert f"steps {killed_at}->{KILL_STEPS}" in capsys.readouterr().out
-    _assert_same_params(_params(tmp_path / "ref"), _params(w))
+    _assert_same_params(_params(tmp_path / "ref"), _params(w))  # the EMA
+    _assert_same_params(_params(tmp_path / "ref", ema=False), _params(w, ema=False))
 
 
 _SHARDED = r"""
@@ -258,17 +264,18 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, set14, monkeypatch,
     def poisoned(*a, **k):
         step = real(*a, **k)
 
-        def f(params, opt, lr, hr):
+        def f(params, opt, ema, lr, hr):
             calls["n"] += 1
-            p, o, loss, ok = step(params, opt, lr, hr)
+            p, o, e, loss, ok = step(params, opt, ema, lr, hr)
             if calls["n"] == 4:
-                return p, o, loss * np.nan, ok & False
-            return p, o, loss, ok
+                return p, o, e, loss * np.nan, ok & False
+            return p, o, e, loss, ok
 
         return f
 
     monkeypatch.setattr(train, "cached_train_step", poisoned)
-    rc = main(["train", SMOKE, "--workdir", str(tmp_path), "--data", set14, "--steps", "6"])
+    rc = main(["train", SMOKE, "--workdir", str(tmp_path), "--data", set14, "--steps", "6", "--set",
+               f"ema_decay={EMA}"])
     err = capsys.readouterr().err
     assert rc == 1
     assert err.startswith("prfdn: error: ") and err.count("\n") == 1
@@ -302,9 +309,10 @@ def test_schedules():
     assert float(s(0)) == 0.0 and float(s(10)) == 1.0
 
 
-def test_load_config_variants(cfg):
+def test_load_config_variants():
     import importlib
 
+    cfg = load_config(SMOKE)
     assert load_config("experiments.smoke_x2") == cfg
     assert load_config(importlib.import_module("experiments.smoke_x2")) == cfg
     assert load_config(cfg.to_dict()) == cfg

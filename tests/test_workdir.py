@@ -1,6 +1,6 @@
 """Tests for training workdirs that must not break or lie: unreadable checkpoints, config changes, failed starts.
 
-One tiny run (experiments/smoke_x2.py, 6 steps, checkpoints at 4 and 6) is trained once; every case
+One tiny run (experiments/smoke_x2.py with an EMA, 6 steps, checkpoints at 4 and 6) is trained once; every case
 works on a copy of it (shutil.copytree). Resuming shares the run's compiled train step (train's jit cache).
 """
 
@@ -31,7 +31,7 @@ def set14():
 
 @pytest.fixture(scope="module")
 def cfg(set14):
-    return load_config(SMOKE).replace(data_dirs=(set14,), steps=STEPS)
+    return load_config(SMOKE).replace(data_dirs=(set14,), steps=STEPS, ema_decay=0.9)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,9 @@ def base(tmp_path_factory, cfg):
     w = tmp_path_factory.mktemp("base") / "w"
     s = train.train(cfg, w, verbose=False)
     assert _steps(w) == [4, 6]
-    return {"workdir": w, "summary": s, "params": _params(w), "params4": flat_params(load_workdir_model(w, 4))}
+    return {"workdir": w, "summary": s, "params": _params(w), "params4": flat_params(load_workdir_model(w, 4)),
+            "raw": flat_params(load_workdir_model(w, ema=False)),
+            "raw4": flat_params(load_workdir_model(w, 4, ema=False))}
 
 
 def _steps(w: Path) -> list[int]:
@@ -77,6 +79,11 @@ def _garble(step: Path):
     f.write_bytes(np.random.default_rng(0).integers(0, 256, f.stat().st_size, dtype=np.uint8).tobytes())
 
 
+def _garble_ema(step: Path):
+    f = _largest_file(step / "ema")
+    f.write_bytes(np.random.default_rng(1).integers(0, 256, f.stat().st_size, dtype=np.uint8).tobytes())
+
+
 def _drop_model(step: Path):
     shutil.rmtree(step / "model")
 
@@ -93,6 +100,7 @@ def _bad_metadata(step: Path):
 CORRUPTIONS = {
     "truncated": (_truncate, "truncated file in model/"),
     "garbled": (_garble, "corrupt file in opt/"),
+    "garbled_ema": (_garble_ema, "corrupt file in ema/"),
     "no_model_item": (_drop_model, "missing item model/"),
     "empty_step": (_empty, "empty step folder"),
     "bad_json": (_bad_metadata, "corrupt file model/_METADATA: not valid JSON"),
@@ -106,11 +114,13 @@ def test_unreadable_latest_checkpoint_falls_back(case, base, cfg, tmp_path, caps
     corrupt(w / "checkpoints" / "6")
     config_before = (w / "config.json").read_bytes()
 
-    if case != "garbled":  # the optimizer state is not read to load the network
-        m = load_workdir_model(w)
+    # loading the network reads the EMA (default) or the parameters (ema=False), never the optimizer state
+    ema = {"garbled": None, "garbled_ema": True}.get(case, False)
+    if ema is not None:
+        m = load_workdir_model(w, ema=ema)
         err = capsys.readouterr().err
         assert err == f"warning: {w}: checkpoint 6 is unreadable ({why}); using step 4\n"
-        _assert_same(flat_params(m), base["params4"])
+        _assert_same(flat_params(m), base["params4" if ema else "raw4"])
 
     s = train.train(cfg, w, verbose=False)
     err = capsys.readouterr().err
@@ -118,7 +128,8 @@ def test_unreadable_latest_checkpoint_falls_back(case, base, cfg, tmp_path, caps
                    "resuming from step 4\n")
     assert s["start_step"] == 4 and s["step"] == STEPS and s["skipped_checkpoints"] == [(6, why)]
     assert s["losses"] == base["summary"]["losses"][4:]  # the same batches as the uninterrupted run
-    _assert_same(_params(w), base["params"])  # bit-identical
+    _assert_same(_params(w), base["params"])  # bit-identical: the EMA
+    _assert_same(flat_params(load_workdir_model(w, ema=False)), base["raw"])  # and the parameters
     assert _steps(w) == [4, 6] and (w / "corrupt_checkpoints" / "6").is_dir()
     assert (w / "config.json").read_bytes() == config_before
     runs = [json.loads(line) for line in (w / "runs.jsonl").read_text().splitlines()]
@@ -136,7 +147,7 @@ def test_no_readable_checkpoint_is_one_line_error(base, cfg, set14, tmp_path, ca
     msg = (f"{w}: no readable checkpoint: checkpoints 6, 4 are unreadable "
            "(6: empty step folder; 4: truncated file in model/)")
     with pytest.raises(WeightsError) as e:
-        load_workdir_model(w)
+        load_workdir_model(w, ema=False)  # (the EMA of step 4 still reads: load_workdir_model(w) gives it)
     assert str(e.value) == msg
     with pytest.raises(WeightsError) as e:
         train.train(cfg, w, verbose=False)

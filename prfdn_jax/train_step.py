@@ -1,0 +1,124 @@
+"""The training step: optimizer and schedule, mixed precision, the EMA of the parameters, one jitted step.
+
+``step(params, opt_state, ema, lr, hr) -> (params, opt_state, ema, loss, ok)`` (:func:`make_train_step`;
+:func:`cached_train_step` memoises it per network, optimizer and mesh). Used by :mod:`prfdn_jax.train`
+and by ``prfdn bench train`` (:func:`prfdn_jax.bench.bench_train`), so both time the same program.
+
+* Mixed precision (``compute_dtype``): parameters, gradients, Adam state and the EMA stay float32; the
+  forward/backward runs on parameters and inputs cast to the compute dtype inside the loss, and the
+  network output is cast back to float32 before the L1 (so the loss and its reduction are float32).
+  ``auto`` is bfloat16 on an accelerator (GPU, TPU) and float32 on CPU (XLA CPU has no fast bf16 convs).
+* EMA (``ema_decay`` d > 0): after every optimizer step ``ema = d * ema + (1 - d) * params`` (BasicSR's
+  ``net_g_ema`` / ``params_ema``), starting from the parameters the run starts with. It averages over
+  about ``1 / (1 - d)`` steps: 0.999 suits runs of many thousand steps.
+* ``ok``: the loss and the gradient norm are finite (the loop stops the run otherwise).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from prfdn_jax.config import COMPUTE_DTYPES, TrainConfig
+from prfdn_jax.impls import default_impl
+
+__all__ = ["COMPUTE_DTYPES", "resolve_dtype", "resolve_impl", "make_schedule", "make_optimizer",
+           "make_train_step", "cached_train_step", "ema_init"]
+
+_JNP = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def resolve_dtype(name: str = "auto", backend: str | None = None) -> str:
+    """``'float32'`` or ``'bfloat16'``: ``auto`` is bfloat16 on GPU/TPU, float32 on CPU."""
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"unknown compute_dtype {name!r}; expected one of {COMPUTE_DTYPES}")
+    if name != "auto":
+        return name
+    return "float32" if (backend or jax.default_backend()) == "cpu" else "bfloat16"
+
+
+def resolve_impl(impl: str | None, backend: str | None = None) -> str:
+    """The apply path a run uses: ``impl``, else the backend's default (``impls.DEFAULT_IMPL``, ``$PRFDN_IMPL``)."""
+    return impl or default_impl(backend)
+
+
+def make_schedule(c: TrainConfig):
+    steps = max(c.steps, 1)
+    if c.schedule == "constant":
+        sched = optax.constant_schedule(c.lr)
+    elif c.schedule == "cosine":
+        sched = optax.cosine_decay_schedule(c.lr, max(steps - c.warmup, 1))
+    else:
+        bounds = {int(round(m * steps)) - c.warmup: c.gamma for m in c.milestones}
+        sched = optax.piecewise_constant_schedule(c.lr, {k: v for k, v in bounds.items() if k > 0})
+    if c.warmup:
+        sched = optax.join_schedules([optax.linear_schedule(0.0, c.lr, c.warmup), sched], [c.warmup])
+    return sched
+
+
+def make_optimizer(c: TrainConfig):
+    sched = make_schedule(c)
+    tx = optax.adam(sched, b1=c.b1, b2=c.b2)
+    if c.clip_norm > 0:
+        tx = optax.chain(optax.clip_by_global_norm(c.clip_norm), tx)
+    return tx, sched
+
+
+def ema_init(params):
+    """The EMA's starting value: a copy of ``params`` (float32)."""
+    return jax.tree.map(lambda p: jnp.array(p, dtype=jnp.float32, copy=True), params)
+
+
+_JIT_CACHE: dict = {}  # one compile per (network and apply path, optimizer, dtype, EMA, mesh) and process
+
+
+def _opt_key(c: TrainConfig) -> tuple:
+    horizon = max(c.steps, 1) if c.schedule != "constant" else None  # a constant lr ignores the length
+    return (c.lr, c.schedule, c.milestones, c.gamma, c.warmup, c.b1, c.b2, c.clip_norm, horizon)
+
+
+def cached_train_step(config: TrainConfig, graphdef, rest, repl, batch_sharding):
+    """:func:`make_train_step` for ``config``, memoised (re-running a config does not recompile).
+
+    The compute dtype is ``resolve_dtype(config.compute_dtype)``; the apply path is ``graphdef``'s.
+    """
+    dtype = resolve_dtype(config.compute_dtype)
+    key = ("step", graphdef, jax.tree.structure(rest), config.loss_norm, _opt_key(config), dtype,
+           float(config.ema_decay), repl, batch_sharding)
+    if key not in _JIT_CACHE:
+        tx, _ = make_optimizer(config)
+        _JIT_CACHE[key] = make_train_step(graphdef, rest, tx, config.loss_norm, repl, batch_sharding,
+                                          dtype=dtype, ema_decay=config.ema_decay)
+    return _JIT_CACHE[key]
+
+
+def make_train_step(graphdef, rest, tx, loss_norm: float, repl, batch_sharding, *, dtype: str = "float32",
+                    ema_decay: float = 0.0):
+    """``step(params, opt_state, ema, lr, hr) -> (params, opt_state, ema, loss, ok)``, jitted.
+
+    lr/hr: uint8 ``(B, h, w, 3)`` sharded by ``batch_sharding``; the rest replicated (``repl``). ``ema``
+    is None when ``ema_decay`` is 0 (and stays None). ``dtype``: the compute dtype (see the module doc).
+    The apply path is the network's (``graphdef``'s): set it with ``set_impl`` before splitting.
+    """
+    cd = _JNP[resolve_dtype(dtype)]
+    d = float(ema_decay)
+
+    def loss_fn(params, x, y):
+        if cd != jnp.float32:
+            params = jax.tree.map(lambda p: p.astype(cd), params)
+        out = nnx.merge(graphdef, params, rest)(x)
+        return jnp.mean(jnp.abs(out.astype(jnp.float32) - y)) / loss_norm
+
+    def step(params, opt_state, ema, lr, hr):
+        loss, grads = jax.value_and_grad(loss_fn)(params, lr.astype(cd), hr.astype(jnp.float32))
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        if ema is not None and d > 0:
+            ema = jax.tree.map(lambda e, p: e * d + p * (1.0 - d), ema, params)
+        ok = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
+        return params, opt_state, ema, loss, ok
+
+    return jax.jit(step, in_shardings=(repl, repl, repl, batch_sharding, batch_sharding),
+                   out_shardings=(repl, repl, repl, repl, repl))
