@@ -180,8 +180,9 @@ def check_run_folders(args) -> None:
         check_writable(wd, "workdir", folder=True)
     for opt, dirs in (("--data", args.data), ("--val", args.val)):
         for d in dirs or ():
-            if not Path(d).is_dir():
-                raise CLIError(f"{opt} {d}: no such folder")
+            prepared = opt == "--data" and Path(d).suffix == ".array_record"  # prfdn prepare's output file
+            if not (Path(d).is_dir() or (prepared and Path(d).is_file())):
+                raise CLIError(f"{opt} {d}: no such {'file' if prepared else 'folder'}")
 
 
 def cmd_train(args) -> int:

@@ -150,9 +150,13 @@ def killed_run(tmp_path_factory, set14):
     """
     import threading
 
+    from prfdn_jax.prepare import prepare
+
     tmp = tmp_path_factory.mktemp("killed")
     w = tmp / "w"
-    argv = [SMOKE, "--workdir", str(w), "--data", set14, "--steps", str(KILL_STEPS), "--set", "ckpt_every=2",
+    data = str(tmp / "set14_x2.array_record")  # prepared pairs: the fast input path, resumed exactly too
+    prepare([set14], data, scale=2)
+    argv = [SMOKE, "--workdir", str(w), "--data", data, "--steps", str(KILL_STEPS), "--set", "ckpt_every=2",
             "log_every=5", f"ema_decay={EMA}"]
     log = open(tmp / "log.txt", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "prfdn_jax.cli", "train", *argv], env=_env(), cwd=ROOT, stdout=log,
@@ -170,7 +174,7 @@ def killed_run(tmp_path_factory, set14):
 
     t = threading.Thread(target=watch, daemon=True)
     t.start()
-    yield {"proc": proc, "thread": t, "state": state, "workdir": w, "argv": argv, "log": log}
+    yield {"proc": proc, "thread": t, "state": state, "workdir": w, "argv": argv, "log": log, "data": data}
     if proc.poll() is None:
         proc.kill()
     proc.wait()
@@ -178,7 +182,7 @@ def killed_run(tmp_path_factory, set14):
 
 
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, cfg, set14, killed_run, capsys):
-    ref = train.train(cfg.replace(ckpt_every=KILL_STEPS), tmp_path / "ref", [set14], steps=KILL_STEPS,
+    ref = train.train(cfg.replace(ckpt_every=KILL_STEPS), tmp_path / "ref", [killed_run["data"]], steps=KILL_STEPS,
                       verbose=False)
     assert ref["step"] == KILL_STEPS
     killed_run["thread"].join(300)
