@@ -23,14 +23,10 @@ from prfdn_jax.checkpoint import WeightsError, flat_params, load_any, load_workd
 from prfdn_jax.cli import main
 from prfdn_jax.config import ConfigError, TrainConfig, load_config, override
 
-from conftest import ROOT, shared_path  # noqa: E402
-from prfdn_jax.impls import configure_xla_flags
+from conftest import ROOT, shared_path  # noqa: E402  (conftest also sets the package's XLA flags)
 
 SMOKE = str(ROOT / "experiments" / "smoke_x2.py")
 EMA = 0.9  # ema_decay of the runs here (one compiled step for all of them)
-# The XLA flags `prfdn` sets for its own runs, here too (before JAX starts a backend): the runs in this
-# process and the `prfdn train` subprocesses must compile the same code to agree bit for bit.
-configure_xla_flags()
 
 
 @pytest.fixture(scope="module")
