@@ -53,7 +53,8 @@ from torch import nn
 from converters.state_dict import arch_from_state_dict, flat_params_from_state_dict, state_dict_from_flat_params
 from converters.torch_modules import MERGED_LAYOUTS, MergedNet, WideNet
 from prfdn_jax.checkpoint import flat_params, model_from_flat
-from prfdn_jax.spec import Arch, c5_columns, groupcat_perm
+from prfdn_jax.foreign import flat_from_wide_state_dict as _read_wide
+from prfdn_jax.spec import Arch, StateDictError, c5_columns, groupcat_perm
 
 IMPORTANCES = ("magnitude", "l1", "l2", "taylor", "random")
 # Element-wise autograd ops the reference networks use; anything else in the traced graph is refused.
@@ -81,10 +82,6 @@ class PruningError(ValueError):
 
 def _oihw(k: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(k).transpose(3, 2, 0, 1))
-
-
-def _hwio(w: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.asarray(w).transpose(2, 3, 1, 0))
 
 
 def _block_prefixes(arch: Arch) -> list[tuple[str, int]]:
@@ -126,38 +123,14 @@ def wide_state_dict(flat: Mapping[str, np.ndarray], arch: Arch) -> dict[str, np.
 
 
 def flat_from_wide_state_dict(sd: Mapping[str, object], arch: Arch) -> dict[str, np.ndarray]:
-    """Inverse of :func:`wide_state_dict`; raises :class:`PruningError` if a dense ``c5`` has weight
-    outside its branch blocks (the network is then not a stack of independent branches)."""
+    """Inverse of :func:`wide_state_dict` (:func:`prfdn_jax.foreign.flat_from_wide_state_dict`, which also
+    reads exported files); raises :class:`PruningError` if a dense ``c5`` has weight outside its branch
+    blocks (the network is then not a stack of independent branches)."""
     sd = {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)) for k, v in sd.items()}
-    flat: dict[str, np.ndarray] = {}
-    n = arch.branches
-    flat["fea.kernel"] = np.stack([_hwio(sd[f"fea.{b}.weight"]) for b in range(n)])
-    flat["fea.bias"] = np.stack([sd[f"fea.{b}.bias"] for b in range(n)])
-    w = arch.w
-    for prefix, g in _block_prefixes(arch):
-        for name in (k for k in w if k.startswith(prefix + ".")):
-            weight, bias = sd[name + ".weight"], sd[name + ".bias"]
-            cin, cout = w[name]
-            if name.endswith(".c5"):
-                mask = np.zeros(weight.shape[:2], bool)
-                ks = []
-                for b in range(g):
-                    cols = c5_columns(w, prefix + ".", g, b)
-                    mask[b * cout:(b + 1) * cout, cols] = True
-                    ks.append(_hwio(weight[b * cout:(b + 1) * cout][:, cols]))
-                off = np.abs(weight[~mask]).max() if (~mask).any() else 0.0
-                if off != 0.0:
-                    raise PruningError(f"{name}: weights outside the branch blocks (max |w| {off:.3g}); "
-                                       "not a stacked network")
-            else:
-                ks = [_hwio(weight[b * cout:(b + 1) * cout]) for b in range(g)]
-            flat[name + ".kernel"] = np.stack(ks)
-            flat[name + ".bias"] = bias.reshape(g, cout)
-    flat["c.kernel"] = _hwio(sd["c.weight"][:, groupcat_perm([w[f"stages.{d}.c5"][1] for d in range(arch.depth)], n)])
-    flat["c.bias"] = sd["c.bias"]
-    flat["LR_conv.kernel"], flat["LR_conv.bias"] = _hwio(sd["LR_conv.weight"]), sd["LR_conv.bias"]
-    flat["upsampler.kernel"], flat["upsampler.bias"] = _hwio(sd["upsampler.0.weight"]), sd["upsampler.0.bias"]
-    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in flat.items()}
+    try:
+        return _read_wide(sd, arch)
+    except StateDictError as e:
+        raise PruningError(str(e)) from None
 
 
 def _tensors(sd: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
