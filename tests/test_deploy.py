@@ -28,6 +28,7 @@ REWRITES = {
     "standard": passes.standard,
     "standard_mixed": lambda p: passes.standard(p, mix_kernels=True),
     "pad_channels": lambda p: passes.pad_channels(p, 8),
+    "pad_channels_growth": lambda p: passes.pad_channels(passes.standard(p), 8, max_growth=1.3),
     "standard_padded": lambda p: passes.standard(p, mix_kernels=True, pad=8),
 }
 
@@ -214,3 +215,15 @@ def test_tiled_vs_untiled_on_urban100():
 def test_pad_channels_aligns_every_ungrouped_conv():
     prog = passes.standard(lower_model(NETWORKS[0][1]), mix_kernels=True, pad=8)
     assert all(op.cout % 8 == 0 for op in prog.convs() if op.groups == 1)
+
+
+def test_pad_channels_max_growth_pads_only_cheap_convs():
+    plain = passes.standard(lower_model(NETWORKS[0][1]))
+    padded = passes.pad_channels(plain, 8, max_growth=1.3)
+    before = {op.out: op.cout for op in plain.convs()}
+    after = {op.out: op.cout for op in padded.convs()}
+    assert before.keys() == after.keys()
+    for name, c in before.items():
+        grown = c + (-c) % 8
+        assert after[name] == (grown if grown <= 1.3 * c else c), name
+    assert any(after[n] != c for n, c in before.items()) and any(c % 8 and after[n] == c for n, c in before.items())

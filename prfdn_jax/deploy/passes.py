@@ -275,9 +275,10 @@ def regroup(prog: Program, candidates=(8, 6, 4, 3, 2)) -> Program:
 
 
 # ----------------------------------------------------------------------------- channel alignment
-def pad_channels(prog: Program, multiple: int = 8) -> Program:
+def pad_channels(prog: Program, multiple: int = 8, max_growth: float | None = None) -> Program:
     """Every ungrouped conv's outputs zero-padded to a multiple of ``multiple`` (GPU convs of 24 channels
-    run ~2.5x faster than of 23), and every conv reading a padded value gets zero kernel rows for the
+    run ~2.5x faster than of 23; with ``max_growth``, only where that multiplies the conv's outputs by at
+    most that much), and every conv reading a padded value gets zero kernel rows for the
     padding, so the pad channels never reach a real one. Elementwise ops, pooling and resizing carry the
     padding along; an add/mul of differently padded values, a concat, PixelShuffle and the output read
     only the real channels (a slice). Exact.
@@ -304,6 +305,8 @@ def pad_channels(prog: Program, multiple: int = 8) -> Program:
             elif extra_in:
                 op.kernel = np.pad(op.kernel, ((0, 0), (0, 0), (0, extra_in), (0, 0)))
             pad_out = (-op.cout) % multiple if op.groups == 1 else 0
+            if pad_out and max_growth is not None and op.cout + pad_out > max_growth * op.cout:
+                pad_out = 0
             if pad_out:
                 op.kernel = np.pad(op.kernel, ((0, 0), (0, 0), (0, 0), (0, pad_out)))
                 op.bias = np.pad(op.bias, (0, pad_out))
@@ -334,7 +337,7 @@ def pad_channels(prog: Program, multiple: int = 8) -> Program:
 
 # ----------------------------------------------------------------------------- pipelines
 def standard(prog: Program, *, merge: bool = True, mix_kernels: bool = False, fold_cost: str = "always",
-             pad: int = 0) -> Program:
+             pad: int = 0, pad_growth: float | None = None) -> Program:
     """Every rewrite, in an order where each one exposes the next."""
     prog = regroup(prog)
     prog = fold_input_copies(prog)
@@ -346,4 +349,4 @@ def standard(prog: Program, *, merge: bool = True, mix_kernels: bool = False, fo
     prog = residual_identity(prog)
     prog = simplify_slices(prog)
     prog = drop_dead_channels(prog)
-    return pad_channels(prog, pad) if pad > 1 else prog
+    return pad_channels(prog, pad, pad_growth) if pad > 1 else prog
