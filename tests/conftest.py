@@ -40,3 +40,19 @@ def _torch_threads():
 def random_image(h=24, w=20, seed=0, batch=1) -> np.ndarray:
     """(B, H, W, 3) float32 in [0, 255]."""
     return np.random.default_rng(seed).uniform(0, 255, (batch, h, w, 3)).astype(np.float32)
+
+
+def take(it, n: int, close: bool = False) -> list:
+    """The next ``n`` batches of a data iterator; ``close``: close it afterwards (worker processes)."""
+    try:
+        return [next(it) for _ in range(n)]
+    finally:
+        if close:
+            it.close()
+
+
+def assert_same_batches(a, b) -> None:
+    """Batches ``a`` and ``b`` hold the same HR and LR arrays, pair by pair."""
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x["hr"], y["hr"])
+        np.testing.assert_array_equal(x["lr"], y["lr"])

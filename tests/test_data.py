@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
+from conftest import assert_same_batches, take
 from prfdn_jax import data, imaging, resize
 
 
@@ -21,20 +22,14 @@ def folder(tmp_path_factory):
     return d
 
 
-def _take(it, n):
-    return [next(it) for _ in range(n)]
-
-
 def test_batches_shapes_pairs_and_determinism(folder):
     kw = dict(scale=2, patch=48, batch=3, seed=1)
-    a = _take(data.make_iterator([folder], **kw), 4)
-    b = _take(data.make_iterator([folder], **kw), 4)
-    c = _take(data.make_iterator([folder], **{**kw, "seed": 2}), 4)
+    a = take(data.make_iterator([folder], **kw), 4)
+    b = take(data.make_iterator([folder], **kw), 4)
+    c = take(data.make_iterator([folder], **{**kw, "seed": 2}), 4)
     assert a[0]["hr"].shape == (3, 48, 48, 3) and a[0]["lr"].shape == (3, 24, 24, 3)
     assert a[0]["hr"].dtype == np.uint8 and a[0]["lr"].dtype == np.uint8
-    for x, y in zip(a, b):
-        np.testing.assert_array_equal(x["hr"], y["hr"])
-        np.testing.assert_array_equal(x["lr"], y["lr"])
+    assert_same_batches(a, b)
     assert any(not np.array_equal(x["hr"], y["hr"]) for x, y in zip(a, c))
     # LR is MATLAB bicubic of the (augmented) HR crop
     for hr, lr in zip(a[1]["hr"], a[1]["lr"]):
@@ -54,7 +49,7 @@ def test_crops_come_from_the_images_with_flips_and_rotations(folder):
     imgs = [imaging.read_image(p).rgb for p in imaging.list_images(folder)]
     it = data.make_iterator([folder], scale=3, patch=48, batch=4, seed=0)
     orientations = set()
-    for b in _take(it, 5):
+    for b in take(it, 5):
         for hr in b["hr"]:
             hits = [(k, flip) for k in range(4) for flip in (False, True)
                     if any(_found_in(img, (lambda c: c[:, ::-1] if flip else c)(np.rot90(hr, -k))) for img in imgs)]
@@ -106,35 +101,29 @@ def test_errors(folder, tmp_path):
 
 def test_iterator_state_resumes_exactly(folder):
     it = data.make_iterator([folder], scale=2, patch=48, batch=2, seed=3)
-    _take(it, 5)
+    take(it, 5)
     state = it.get_state()
-    nxt = _take(it, 3)
+    nxt = take(it, 3)
     it2 = data.make_iterator([folder], scale=2, patch=48, batch=2, seed=3)
     it2.set_state(state)
-    for x, y in zip(nxt, _take(it2, 3)):
+    for x, y in zip(nxt, take(it2, 3)):
         np.testing.assert_array_equal(x["lr"], y["lr"])
 
 
 def test_process_shards_split_the_stream(folder):
-    full = np.concatenate([b["hr"] for b in _take(data.make_iterator([folder], scale=2, patch=48, batch=1), 6)])
-    s0 = np.concatenate([b["hr"] for b in _take(data.make_iterator([folder], scale=2, patch=48, batch=1,
+    full = np.concatenate([b["hr"] for b in take(data.make_iterator([folder], scale=2, patch=48, batch=1), 6)])
+    s0 = np.concatenate([b["hr"] for b in take(data.make_iterator([folder], scale=2, patch=48, batch=1,
                                                                    shard=(0, 2)), 3)])
-    s1 = np.concatenate([b["hr"] for b in _take(data.make_iterator([folder], scale=2, patch=48, batch=1,
+    s1 = np.concatenate([b["hr"] for b in take(data.make_iterator([folder], scale=2, patch=48, batch=1,
                                                                    shard=(1, 2)), 3)])
     np.testing.assert_array_equal(s0, full[0::2])
     np.testing.assert_array_equal(s1, full[1::2])
 
 
 def test_worker_processes_give_the_same_batches(folder):
-    ref = _take(data.make_iterator([folder], scale=2, patch=48, batch=2, seed=5), 4)
-    it = data.make_iterator([folder], scale=2, patch=48, batch=2, seed=5, workers=1)
-    try:
-        got = _take(it, 4)
-    finally:
-        it.close()
-    for x, y in zip(ref, got):
-        np.testing.assert_array_equal(x["hr"], y["hr"])
-        np.testing.assert_array_equal(x["lr"], y["lr"])
+    ref = take(data.make_iterator([folder], scale=2, patch=48, batch=2, seed=5), 4)
+    got = take(data.make_iterator([folder], scale=2, patch=48, batch=2, seed=5, workers=1), 4, close=True)
+    assert_same_batches(ref, got)
 
 
 def test_shared_path_honours_env(monkeypatch, tmp_path):
@@ -145,7 +134,7 @@ def test_shared_path_honours_env(monkeypatch, tmp_path):
 def test_aligned_lr_mode_crops_the_sub_image_lr(folder):
     """lr_mode='aligned': LR crops of each sub-image's LR (made once), the same with a worker process."""
     kw = dict(scale=2, patch=48, batch=2, seed=7, lr_mode="aligned", sub_size=64, step=32)
-    ref = _take(data.make_iterator([folder], augment=False, **kw), 3)
+    ref = take(data.make_iterator([folder], augment=False, **kw), 3)
     imgs = [imaging.read_image(p).rgb for p in imaging.list_images(folder)]
     for b in ref:
         for hr, lr in zip(b["hr"], b["lr"]):
@@ -156,12 +145,5 @@ def test_aligned_lr_mode_crops_the_sub_image_lr(folder):
             img, y, x, sy, sx = hits[0]
             sub_lr = resize.downscale(img[sy:sy + 64, sx:sx + 64], 2, "matlab")
             np.testing.assert_array_equal(lr, sub_lr[y // 2:y // 2 + 24, x // 2:x // 2 + 24])
-    a = _take(data.make_iterator([folder], **kw), 3)
-    it = data.make_iterator([folder], workers=1, **kw)
-    try:
-        got = _take(it, 3)
-    finally:
-        it.close()
-    for x, y in zip(a, got):
-        np.testing.assert_array_equal(x["hr"], y["hr"])
-        np.testing.assert_array_equal(x["lr"], y["lr"])
+    a = take(data.make_iterator([folder], **kw), 3)
+    assert_same_batches(a, take(data.make_iterator([folder], workers=1, **kw), 3, close=True))

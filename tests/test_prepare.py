@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from conftest import assert_same_batches, take
 from prfdn_jax import data, imaging, prepare, resize
 
 pytestmark = pytest.mark.filterwarnings("ignore:skipping image")  # img3: under the folder pipeline's patch
@@ -33,10 +34,6 @@ def prepared(folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("prep") / "pairs"
     summary = prepare.prepare([folder], out, scale=S, sub_size=SUB, step=STEP)
     return out, summary
-
-
-def _take(it, n):
-    return [next(it) for _ in range(n)]
 
 
 def _records(path):
@@ -84,8 +81,8 @@ def test_prepared_batches_equal_the_aligned_folder_pipeline(folder, prepared):
     out, _ = prepared
     for kw in (dict(seed=4), dict(seed=5, augment=False), dict(seed=6, shard=(1, 2))):
         kw = dict(scale=S, patch=PATCH, batch=3, **kw)
-        a = _take(data.make_iterator([out], **kw), 6)
-        b = _take(data.make_iterator([folder], lr_mode="aligned", sub_size=SUB, step=STEP, **kw), 6)
+        a = take(data.make_iterator([out], **kw), 6)
+        b = take(data.make_iterator([folder], lr_mode="aligned", sub_size=SUB, step=STEP, **kw), 6)
         for x, y in zip(a, b):
             assert x["hr"].shape == (3, PATCH, PATCH, 3) and x["lr"].shape == (3, PATCH // S, PATCH // S, 3)
             assert x["hr"].dtype == x["lr"].dtype == np.uint8
@@ -106,14 +103,12 @@ def test_prepared_iterator_resumes_exactly(prepared):
     out, _ = prepared
     kw = dict(scale=S, patch=PATCH, batch=2, seed=3)
     it = data.make_iterator([out], **kw)
-    _take(it, 7)
+    take(it, 7)
     state = it.get_state()
-    nxt = _take(it, 4)
+    nxt = take(it, 4)
     it2 = data.make_iterator([out], **kw)
     it2.set_state(state)
-    for x, y in zip(nxt, _take(it2, 4)):
-        np.testing.assert_array_equal(x["hr"], y["hr"])
-        np.testing.assert_array_equal(x["lr"], y["lr"])
+    assert_same_batches(nxt, take(it2, 4))
 
 
 def test_file_layout_autodetection_and_workers(folder, tmp_path):
@@ -123,15 +118,8 @@ def test_file_layout_autodetection_and_workers(folder, tmp_path):
     assert data.find_prepared(f) == tmp_path / "sets" / "x2.array_record.json"
     assert data.find_prepared(folder) is None
     kw = dict(scale=S, patch=PATCH, batch=2, seed=9)
-    ref = _take(data.make_iterator([folder], lr_mode="aligned", sub_size=SUB, step=STEP, **kw), 3)
-    it = data.make_iterator([str(f)], workers=1, **kw)
-    try:
-        got = _take(it, 3)
-    finally:
-        it.close()
-    for x, y in zip(ref, got):
-        np.testing.assert_array_equal(x["hr"], y["hr"])
-        np.testing.assert_array_equal(x["lr"], y["lr"])
+    ref = take(data.make_iterator([folder], lr_mode="aligned", sub_size=SUB, step=STEP, **kw), 3)
+    assert_same_batches(ref, take(data.make_iterator([str(f)], workers=1, **kw), 3, close=True))
 
 
 def test_ntire_prepared_lr(folder, tmp_path):
