@@ -43,11 +43,15 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def record(step: int, model: nnx.Module, val: Callable | None = None, **extra) -> dict:
-    """One history entry: step, params, GMACs at a 1920x1080 input (total and conv), psnr if ``val``."""
+def record(step: int, model: nnx.Module, val: Callable | None = None, size: tuple[int, int] | None = None,
+           **extra) -> dict:
+    """One history entry: step, params, GMACs at a 1920x1080 input (total and conv), at ``size`` (H, W)
+    as ``gmac`` when given, psnr if ``val``."""
     s = macs.summary(model, 1080, 1920)
     out = {"step": step, "params": s["params"], "gmac_1080p": s["gmac"], "gmac_conv_1080p": s["gmac_conv"],
            **extra}
+    if size is not None:
+        out["gmac"] = macs.summary(model, *size)["gmac"]
     if val is not None:
         out["psnr"] = float(val(model))
     return out
@@ -55,7 +59,8 @@ def record(step: int, model: nnx.Module, val: Callable | None = None, **extra) -
 
 def prune_model(model: nnx.Module, *, ratio: float, steps: int, uniform: bool = False,
                 importance: str = "magnitude", finetune: Callable | None = None, val: Callable | None = None,
-                calib=None, seed: int = 0) -> tuple[nnx.Module, list[dict]]:
+                calib=None, seed: int = 0, target_gmac: float | None = None, target_params: int | None = None,
+                size: tuple[int, int] = (1080, 1920)) -> tuple[nnx.Module, list[dict]]:
     """Prune ``model``'s channels by ``ratio`` in ``steps`` iterative Torch-Pruning steps.
 
     ratio: target fraction of channels removed from every dependency group (local ranking; step k
@@ -64,6 +69,11 @@ def prune_model(model: nnx.Module, *, ratio: float, steps: int, uniform: bool = 
       (lr, hr)``, NHWC float arrays in [0, 255]) or 'random'. uniform: see the module doc.
     finetune: ``finetune(model, step) -> model`` called after each step (the widths must not change).
     val: ``val(model) -> PSNR`` recorded in the history.
+
+    target_gmac / target_params: a budget; pruning stops at the first step (after its finetune) whose
+      network costs at most ``target_gmac`` GMAC at an input of ``size`` (H, W; ``macs.macs``, the NTIRE
+      definition) and has at most ``target_params`` parameters. ``ratio``/``steps`` are then the
+      largest ratio and the schedule; if the last step is still over budget a :class:`PruningError` says so.
 
     Returns ``(pruned model, history)``; history[0] is the network before pruning (after merging in
     free mode), then one entry per step: ``{'step', 'ratio', 'params', 'gmac_1080p', 'gmac_conv_1080p',
@@ -88,8 +98,14 @@ def prune_model(model: nnx.Module, *, ratio: float, steps: int, uniform: bool = 
     torch.manual_seed(seed)
     module = to_torch(work)
     session = TorchPruner(module, ratio=ratio, steps=steps, importance=importance, calib=calib)
-    history = [record(0, work, val, ratio=0.0)]
+    history = [record(0, work, val, size, ratio=0.0)]
     current = work
+
+    def within(h: dict) -> bool:
+        return ((target_gmac is None or h["gmac"] <= target_gmac)
+                and (target_params is None or h["params"] <= target_params))
+
+    budget = target_gmac is not None or target_params is not None
     try:
         for k in range(1, int(steps) + 1):
             session.step()
@@ -99,9 +115,17 @@ def prune_model(model: nnx.Module, *, ratio: float, steps: int, uniform: bool = 
                 if dict(tuned.arch.widths) != dict(current.arch.widths):
                     raise PruningError(f"finetune changed the architecture at step {k}")
                 current = tuned
-                if k < steps:
-                    session.load(torch_state_dict(current))
-            history.append(record(k, current, val, ratio=session.target_ratio(k)))
+            history.append(record(k, current, val, size, ratio=session.target_ratio(k)))
+            if budget and within(history[-1]):
+                break
+            if k < steps and finetune is not None:
+                session.load(torch_state_dict(current))
+        else:
+            if budget and not within(history[-1]):
+                h = history[-1]
+                raise PruningError(f"the budget was not reached: ratio {ratio} in {steps} steps leaves "
+                                   f"{h['params']:,} params, {h['gmac']:.2f} GMAC at {size[0]}x{size[1]}; "
+                                   "raise the ratio")
     finally:
         session.finish()
     return current, history

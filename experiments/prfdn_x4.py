@@ -1,0 +1,148 @@
+"""Make ``prfdn-x4``: the released B4S x4 -> reparam (exact) -> pruned to a MAC budget -> long finetune with EMA.
+
+One resumable run, in two folders:
+
+* ``--run`` (committed, small: ``experiments/runs/prfdn_x4``): ``pruned.safetensors`` (the network after the
+  budgeted pruning), ``pareto.csv`` (one row per pruning step), ``finetune/`` (the training workdir: the
+  latest checkpoint only, ``metrics.csv``, ``runs.jsonl``, ``arch.json``, ``config.json``).
+* ``--work`` (not committed; remade from ``shared/`` when missing): the prepared training pairs and the
+  workdirs of the short finetunes between pruning steps.
+
+Running the same command again resumes where it stopped (the finetune is bit-exact across interruptions:
+Ctrl-C, or SIGTERM, then the same command). ``--steps`` is the finetune's total step count; a later
+session, or a GPU, raises it and goes on. ``--cpu-smoke`` is a tiny profile for tests.
+
+    python experiments/prfdn_x4.py                                 # CPU: prepare, prune, then finetune
+    python experiments/prfdn_x4.py --steps 200000 --set batch=64   # go on (e.g. on a GPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from pathlib import Path
+
+SCALE = 4
+WEIGHTS = ("weights", "rfdnb4s_branch_x4.pth")
+TARGET_GMAC, SIZE = 58.5, (540, 960)  # prfdn-x2's 4K-output budget: 58.55 GMAC at 1080x1920 in, x2
+TRAIN_SETS = ("T91", "BSD200", "General100", "BSDS500_test200")
+PARETO_FIELDS = ("step", "ratio", "params", "gmac", "gmac_1080p", "psnr")
+
+PROFILES = {
+    # pruning: uniform (stays a grouped wide net), Taylor importance, 0.05 of the channels per step
+    "cpu": dict(prune_ratio=0.9, prune_steps=18, prune_ft_steps=100, calib=16, prune_batch=8, prune_patch=128,
+                steps=100_000, batch=16, patch=128, lr=2e-4, ema=0.999, log_every=100, ckpt_every=250,
+                val_every=2000),
+    "cpu_smoke": dict(prune_ratio=0.9, prune_steps=18, prune_ft_steps=2, calib=2, prune_batch=2, prune_patch=64,
+                      steps=6, batch=2, patch=64, lr=2e-4, ema=0.9, log_every=2, ckpt_every=3, val_every=3),
+}
+
+
+def shared_root(path: str | None) -> Path:
+    return Path(path or os.environ.get("PRFDN_SHARED") or Path(__file__).resolve().parents[2] / "shared")
+
+
+def prepared_data(shared: Path, work: Path, sets=TRAIN_SETS, smoke: bool = False) -> Path:
+    """The training pairs at x4 as a prepared dataset in ``work`` (made once)."""
+    from prfdn_jax.prepare import prepare
+
+    out = work / f"prepared_x{SCALE}{'_smoke' if smoke else ''}"
+    if not (out / "prepared.json").is_file():
+        dirs = [str(shared / "data" / "train" / s) for s in sets if (shared / "data" / "train" / s).is_dir()]
+        if smoke:
+            dirs = dirs[:1]
+        info = prepare(dirs, out, scale=SCALE)
+        print(f"[prfdn_x4] prepared {info.get('count', '?')} pairs from {len(dirs)} folders", flush=True)
+    return out
+
+
+def prune_stage(shared: Path, run: Path, work: Path, prepared: Path, p: dict) -> None:
+    """Budgeted uniform Taylor pruning with a short finetune after every step -> run/pruned.safetensors."""
+    import numpy as np
+
+    from prfdn_jax import train
+    from prfdn_jax.checkpoint import load_any, save_model
+    from prfdn_jax.config import TrainConfig
+    from prfdn_jax.data import make_iterator
+    from prfdn_jax.evaluate import evaluate, forward, load_eval_set
+    from prfdn_jax.prune import prune_model
+    from prfdn_jax.reparam import reparam
+
+    import shutil
+
+    for d in work.glob("prune_ft*"):  # a restarted pruning starts over: these belong to an earlier attempt
+        shutil.rmtree(d)
+    wide = reparam(load_any(str(shared.joinpath(*WEIGHTS))))
+    b = next(make_iterator([str(prepared)], scale=SCALE, patch=p["prune_patch"], batch=p["calib"], seed=12345))
+    calib = (b["lr"].astype(np.float32), b["hr"].astype(np.float32))
+    val_items = load_eval_set(str(shared / "data" / "Set5"), SCALE, crop=96 if p["smoke"] else 0)
+    base = TrainConfig(layout="b4s", scale=SCALE, data_dirs=(str(prepared),), patch=p["prune_patch"],
+                       batch=p["prune_batch"], lr=p["lr"], log_every=max(p["prune_ft_steps"], 1),
+                       ckpt_every=10**9, keep=1)
+
+    def between(model, k):
+        return train.finetune(model, base.replace(seed=k), None, p["prune_ft_steps"], work / f"prune_ft{k}")
+
+    def val(model):
+        return evaluate(forward(model), val_items, SCALE, with_ssim=False)["psnr_y"]
+
+    pruned, history = prune_model(wide, ratio=p["prune_ratio"], steps=p["prune_steps"], uniform=True,
+                                  importance="taylor", calib=calib, finetune=between, val=val,
+                                  target_gmac=TARGET_GMAC, size=SIZE)
+    with open(run / "pareto.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=PARETO_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(history)
+    save_model(run / "pruned.safetensors", pruned, source="experiments/prfdn_x4.py (budgeted pruning)",
+               target_gmac=str(TARGET_GMAC), size=f"{SIZE[0]}x{SIZE[1]}")
+    h = history[-1]
+    print(f"[prfdn_x4] pruned in {h['step']} steps: {h['params']:,} params, {h['gmac']:.2f} GMAC at "
+          f"{SIZE[0]}x{SIZE[1]}, Set5 {h['psnr']:.2f} dB", flush=True)
+
+
+def finetune_stage(shared: Path, run: Path, prepared: Path, p: dict, overrides: list[str]) -> dict:
+    from prfdn_jax import train
+    from prfdn_jax.checkpoint import load_model_file
+    from prfdn_jax.config import TrainConfig, override
+
+    vals = [str(shared / "data" / s) for s in ("Set5", "Set14")]
+    cfg = TrainConfig(layout="b4s", scale=SCALE, data_dirs=(str(prepared),), patch=p["patch"], batch=p["batch"],
+                      lr=p["lr"], schedule="constant", ema_decay=p["ema"], log_every=p["log_every"],
+                      ckpt_every=p["ckpt_every"], keep=1, val_dirs=tuple(vals), val_every=p["val_every"],
+                      val_limit=2 if p["smoke"] else 0, steps=p["steps"], seed=100)
+    if overrides:
+        cfg = override(cfg, overrides)
+    return train.train(cfg, run / "finetune", model=load_model_file(run / "pruned.safetensors"))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", default=str(Path(__file__).resolve().parent / "runs" / "prfdn_x4"))
+    ap.add_argument("--work", default=None, help="prepared data and pruning workdirs (default RUN_work under runs/)")
+    ap.add_argument("--shared", default=None)
+    ap.add_argument("--steps", type=int, default=None, help="total finetune steps")
+    ap.add_argument("--cpu-smoke", action="store_true")
+    ap.add_argument("--set", nargs="*", default=[], metavar="K=V", help="finetune config overrides")
+    a = ap.parse_args(argv)
+    p = dict(PROFILES["cpu_smoke" if a.cpu_smoke else "cpu"], smoke=a.cpu_smoke)
+    if a.steps is not None:
+        p["steps"] = a.steps
+    from prfdn_jax.impls import configure_xla_flags
+
+    configure_xla_flags()
+    shared, run = shared_root(a.shared), Path(a.run)
+    work = Path(a.work) if a.work else Path(__file__).resolve().parents[1] / "runs" / f"{run.name}_work"
+    run.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    prepared = prepared_data(shared, work, smoke=a.cpu_smoke)
+    if not (run / "pruned.safetensors").is_file():
+        prune_stage(shared, run, work, prepared, p)
+    s = finetune_stage(shared, run, prepared, p, a.set)
+    print(f"[prfdn_x4] finetune at step {s['step']} of {s['steps']}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
