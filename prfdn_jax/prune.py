@@ -44,9 +44,9 @@ def __getattr__(name: str):
 
 
 def record(step: int, model: nnx.Module, val: Callable | None = None, size: tuple[int, int] | None = None,
-           **extra) -> dict:
+           measure: Callable | None = None, **extra) -> dict:
     """One history entry: step, params, GMACs at a 1920x1080 input (total and conv), at ``size`` (H, W)
-    as ``gmac`` when given, psnr if ``val``."""
+    as ``gmac`` when given, psnr if ``val``, and what ``measure(model) -> dict`` adds."""
     s = macs.summary(model, 1080, 1920)
     out = {"step": step, "params": s["params"], "gmac_1080p": s["gmac"], "gmac_conv_1080p": s["gmac_conv"],
            **extra}
@@ -54,13 +54,15 @@ def record(step: int, model: nnx.Module, val: Callable | None = None, size: tupl
         out["gmac"] = macs.summary(model, *size)["gmac"]
     if val is not None:
         out["psnr"] = float(val(model))
+    if measure is not None:
+        out.update(measure(model))
     return out
 
 
 def prune_model(model: nnx.Module, *, ratio: float, steps: int, uniform: bool = False,
                 importance: str = "magnitude", finetune: Callable | None = None, val: Callable | None = None,
                 calib=None, seed: int = 0, target_gmac: float | None = None, target_params: int | None = None,
-                size: tuple[int, int] = (1080, 1920)) -> tuple[nnx.Module, list[dict]]:
+                size: tuple[int, int] = (1080, 1920), measure: Callable | None = None) -> tuple[nnx.Module, list[dict]]:
     """Prune ``model``'s channels by ``ratio`` in ``steps`` iterative Torch-Pruning steps.
 
     ratio: target fraction of channels removed from every dependency group (local ranking; step k
@@ -68,7 +70,8 @@ def prune_model(model: nnx.Module, *, ratio: float, steps: int, uniform: bool = 
       per branch in uniform mode). importance: 'magnitude' (= 'l2'), 'l1', 'taylor' (needs ``calib =
       (lr, hr)``, NHWC float arrays in [0, 255]) or 'random'. uniform: see the module doc.
     finetune: ``finetune(model, step) -> model`` called after each step (the widths must not change).
-    val: ``val(model) -> PSNR`` recorded in the history.
+    val: ``val(model) -> PSNR`` recorded in the history; measure: ``measure(model) -> dict`` merged into
+      every history entry (e.g. :func:`prfdn_jax.pareto.measurer`: latency and PSNR per set).
 
     target_gmac / target_params: a budget; pruning stops at the first step (after its finetune) whose
       network costs at most ``target_gmac`` GMAC at an input of ``size`` (H, W; ``macs.macs``, the NTIRE
@@ -98,7 +101,7 @@ def prune_model(model: nnx.Module, *, ratio: float, steps: int, uniform: bool = 
     torch.manual_seed(seed)
     module = to_torch(work)
     session = TorchPruner(module, ratio=ratio, steps=steps, importance=importance, calib=calib)
-    history = [record(0, work, val, size, ratio=0.0)]
+    history = [record(0, work, val, size, measure, ratio=0.0)]
     current = work
 
     def within(h: dict) -> bool:
@@ -115,7 +118,7 @@ def prune_model(model: nnx.Module, *, ratio: float, steps: int, uniform: bool = 
                 if dict(tuned.arch.widths) != dict(current.arch.widths):
                     raise PruningError(f"finetune changed the architecture at step {k}")
                 current = tuned
-            history.append(record(k, current, val, size, ratio=session.target_ratio(k)))
+            history.append(record(k, current, val, size, measure, ratio=session.target_ratio(k)))
             if budget and within(history[-1]):
                 break
             if k < steps and finetune is not None:
