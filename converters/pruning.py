@@ -1,4 +1,4 @@
-"""The Torch-Pruning bridge: prfdn-jax networks <-> PyTorch modules Torch-Pruning can prune, and the pruning.
+"""The Torch-Pruning bridge: ``(flat parameters, Arch)`` <-> PyTorch modules Torch-Pruning prunes; the pruning.
 
 Two PyTorch forms, both from :mod:`converters.torch_modules`, chosen so that Torch-Pruning's
 dependency graph (which knows convs, ``torch.cat`` and element-wise ops) sees every channel coupling:
@@ -50,11 +50,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from converters.state_dict import arch_from_state_dict, flat_params_from_state_dict, state_dict_from_flat_params
+from converters.state_dict import arrays, torch_state_dict
 from converters.torch_modules import MERGED_LAYOUTS, MergedNet, WideNet
-from prfdn_jax.checkpoint import flat_params, model_from_flat
-from prfdn_jax.foreign import flat_from_wide_state_dict as _read_wide
-from prfdn_jax.spec import Arch, StateDictError, c5_columns, groupcat_perm
+from prfdn_jax.spec import Arch, StateDictError, arch_from_state_dict
+from prfdn_jax.state_dict import flat_from_wide_state_dict, flat_params_from_state_dict
 
 IMPORTANCES = ("magnitude", "l1", "l2", "taylor", "random")
 # Element-wise autograd ops the reference networks use; anything else in the traced graph is refused.
@@ -78,87 +77,22 @@ class PruningError(ValueError):
     """Pruning cannot proceed or produced an inconsistent network (one-line message)."""
 
 
-# ============================================================================ JAX <-> PyTorch
+# ============================================================================ (flat, Arch) <-> PyTorch
+# The nnx glue (a prfdn-jax model <-> (flat, Arch)) is prfdn_jax.prune.to_torch / from_torch.
 
-def _oihw(k: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.asarray(k).transpose(3, 2, 0, 1))
-
-
-def _block_prefixes(arch: Arch) -> list[tuple[str, int]]:
-    """``[(prefix, branches)]`` of the stacked blocks of a branch/wide arch."""
-    out = [("srfdb", arch.n_srfdb)] if arch.n_srfdb else []
-    return out + [(f"stages.{d}", arch.branches) for d in range(arch.depth)]
-
-
-def wide_state_dict(flat: Mapping[str, np.ndarray], arch: Arch) -> dict[str, np.ndarray]:
-    """Flat prfdn-jax parameters of a branch/wide net -> state dict of the torch :class:`WideNet`."""
-    if arch.form == "merged":
-        raise PruningError("wide_state_dict needs a branch/wide network")
-    sd: dict[str, np.ndarray] = {}
-    fk, fb = np.asarray(flat["fea.kernel"]), np.asarray(flat["fea.bias"])
-    for b in range(fk.shape[0]):
-        sd[f"fea.{b}.weight"], sd[f"fea.{b}.bias"] = _oihw(fk[b]), fb[b]
-    w = arch.w
-    for prefix, g in _block_prefixes(arch):
-        for name in (k for k in w if k.startswith(prefix + ".")):
-            k, bias = np.asarray(flat[name + ".kernel"]), np.asarray(flat[name + ".bias"])
-            if name.endswith(".c5"):
-                cin, cout = w[name]
-                dense = np.zeros((g * cout, g * cin) + k.shape[1:3], np.float32)
-                for b in range(g):
-                    dense[b * cout:(b + 1) * cout, c5_columns(w, prefix + ".", g, b)] = _oihw(k[b])
-                sd[name + ".weight"] = dense
-            else:
-                sd[name + ".weight"] = np.concatenate([_oihw(k[b]) for b in range(g)], axis=0)
-            sd[name + ".bias"] = bias.reshape(-1)
-    # c: torch column (plain concat of stage outputs) of each JAX row (branch-major)
-    ck = _oihw(flat["c.kernel"])
-    c = np.zeros_like(ck)
-    c[:, groupcat_perm([w[f"stages.{d}.c5"][1] for d in range(arch.depth)], arch.branches)] = ck
-    sd["c.weight"], sd["c.bias"] = c, np.asarray(flat["c.bias"])
-    sd["LR_conv.weight"], sd["LR_conv.bias"] = _oihw(flat["LR_conv.kernel"]), np.asarray(flat["LR_conv.bias"])
-    sd["upsampler.0.weight"] = _oihw(flat["upsampler.kernel"])
-    sd["upsampler.0.bias"] = np.asarray(flat["upsampler.bias"])
-    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in sd.items()}
-
-
-def flat_from_wide_state_dict(sd: Mapping[str, object], arch: Arch) -> dict[str, np.ndarray]:
-    """Inverse of :func:`wide_state_dict` (:func:`prfdn_jax.foreign.flat_from_wide_state_dict`, which also
-    reads exported files); raises :class:`PruningError` if a dense ``c5`` has weight outside its branch
-    blocks (the network is then not a stack of independent branches)."""
-    sd = {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)) for k, v in sd.items()}
-    try:
-        return _read_wide(sd, arch)
-    except StateDictError as e:
-        raise PruningError(str(e)) from None
-
-
-def _tensors(sd: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in sd.items()}
-
-
-def torch_state_dict(model) -> dict[str, torch.Tensor]:
-    """State dict of ``model``'s torch counterpart (see :func:`to_torch`), as tensors."""
-    arch = model.arch
-    if arch.form == "merged":
-        return _tensors(state_dict_from_flat_params(flat_params(model), arch))
-    return _tensors(wide_state_dict(flat_params(model), arch))
-
-
-def to_torch(model) -> nn.Module:
-    """prfdn-jax network -> PyTorch module (eval mode) computing the same function.
+def to_torch(flat: Mapping[str, np.ndarray], arch: Arch) -> nn.Module:
+    """Flat prfdn-jax parameters of ``arch`` -> PyTorch module (eval mode) computing the same function.
 
     Merged nets -> :class:`MergedNet` (released key names); branch / wide / RFDN nets -> the grouped
     :class:`WideNet` (RFDN is its one-branch case).
     """
-    arch = model.arch
     if arch.form == "merged":
         if arch.layout not in MERGED_LAYOUTS:
             raise PruningError(f"no PyTorch merged layout for {arch.layout!r} "
                                f"(merged {', '.join(MERGED_LAYOUTS)} only)")
-        return MergedNet.from_state_dict(torch_state_dict(model))
+        return MergedNet.from_state_dict(torch_state_dict(flat, arch))
     net = WideNet(arch.w, arch.layout, arch.scale)
-    net.load_state_dict(torch_state_dict(model), strict=True)
+    net.load_state_dict(torch_state_dict(flat, arch), strict=True)
     return net.eval()
 
 
@@ -171,26 +105,30 @@ def wide_arch(module: WideNet, form: str = "wide") -> Arch:
     return Arch.make(form, module.layout, module.scale, widths)
 
 
-def from_torch(module: nn.Module, form: str | None = None):
-    """PyTorch module -> prfdn-jax network (new widths read from the module's tensor shapes).
+def from_torch(module: nn.Module, form: str | None = None) -> tuple[dict[str, np.ndarray], Arch]:
+    """PyTorch module -> ``(flat prfdn-jax parameters, Arch)``, the widths read from its tensor shapes.
 
     :class:`WideNet` -> form ``form`` (default 'wide'; 'branch' gives the same parameters);
     :class:`MergedNet` -> 'merged'; the reference ``RFDN`` / ``BranchNet`` -> ``form`` or 'branch'.
+    A WideNet whose dense ``c5`` has weight outside its branch blocks raises :class:`PruningError`.
     """
+    sd = arrays(module.state_dict())
     if isinstance(module, WideNet):
         form = form or "wide"
         if form not in ("wide", "branch"):
             raise PruningError(f"a WideNet converts to form 'wide' or 'branch', not {form!r}")
         arch = wide_arch(module, form)
-        return model_from_flat(arch, flat_from_wide_state_dict(module.state_dict(), arch))
-    sd = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+        try:
+            return flat_from_wide_state_dict(sd, arch), arch
+        except StateDictError as e:
+            raise PruningError(str(e)) from None
     if isinstance(module, MergedNet):
         if form not in (None, "merged"):
             raise PruningError(f"a MergedNet converts to form 'merged', not {form!r}")
         arch = arch_from_state_dict(sd)
     else:
         arch = arch_from_state_dict(sd, form or "branch")
-    return model_from_flat(arch, flat_params_from_state_dict(sd, arch))
+    return flat_params_from_state_dict(sd, arch), arch
 
 
 # ============================================================================ pruning
@@ -395,5 +333,5 @@ def prune_torch(module: nn.Module, *, ratio: float, steps: int = 1, importance: 
     return session.finish()
 
 
-__all__ = ["IMPORTANCES", "PruningError", "TorchPruner", "check_graph", "flat_from_wide_state_dict", "from_torch",
-           "make_importance", "prune_torch", "to_torch", "torch_state_dict", "wide_arch", "wide_state_dict"]
+__all__ = ["IMPORTANCES", "PruningError", "TorchPruner", "check_graph", "check_prune_args", "from_torch",
+           "make_importance", "prune_torch", "to_torch", "wide_arch"]

@@ -55,7 +55,7 @@ def bench_torch(model, x: np.ndarray, dtype: str = "float32", modes=None, warmup
                 runs: int = 5) -> list[dict]:
     """``[{'mode', 'median_ms', 'mean_ms', 'compile_s'}]`` of the PyTorch reference of a prfdn-jax ``model``
     on ``x`` (NHWC float, [0, 255]); modes that do not apply (CUDA graphs on a CPU) are skipped."""
-    from converters.pruning import to_torch
+    from prfdn_jax.prune import to_torch
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cudnn.benchmark = True
@@ -107,7 +107,7 @@ def bench_torch_train(model, lr: np.ndarray, hr: np.ndarray, modes=None, warmup:
                       lr_rate: float = 5e-4) -> list[dict]:
     """``[{'mode', 'dtype', 'median_ms', 'mean_ms', 'compile_s'}]``: one training step of the PyTorch reference
     of ``model`` on ``lr``/``hr`` (uint8 NHWC); a mode that fails gives ``{'mode', 'dtype', 'error'}``."""
-    from converters.pruning import to_torch
+    from prfdn_jax.prune import to_torch
 
     bad = [m for m in modes or () if m not in TRAIN_MODES]
     if bad:

@@ -34,7 +34,7 @@ from torch import nn
 from converters.torch_blocks import (ACT_SLOPE, ESA, RFDB, SRFDB, _check, _conv, _raise_first, _sub, _upsampler,
                                      count_params, esa_widths, kernel_of, rfdb_widths)
 from prfdn_jax import spec
-from prfdn_jax.foreign import is_wide_state_dict, wide_arch_from_state_dict
+from prfdn_jax.state_dict import is_wide_state_dict, wide_arch_from_state_dict
 from prfdn_jax.spec import (LAYOUTS, Arch, Widths, block_prefix, conv_table, default_arch, scale_from_upsampler,
                             width_errors)
 
@@ -360,7 +360,7 @@ def build_from_state_dict(sd: Mapping[str, torch.Tensor]) -> nn.Module:
 
     The grouped-conv layout of :class:`WideNet` (``fea.<b>``, ``srfdb.*``, ``stages.<d>.*``: what
     ``prfdn export --format torch`` writes for a wide network) is recognised too
-    (:func:`prfdn_jax.foreign.wide_arch_from_state_dict`) and gives a :class:`WideNet`.
+    (:func:`prfdn_jax.state_dict.wide_arch_from_state_dict`) and gives a :class:`WideNet`.
     """
     sd = _unwrap(sd)
     if is_wide_state_dict(sd):

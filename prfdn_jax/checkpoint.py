@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from prfdn_jax.extras import require_torch
+from prfdn_jax.fileio import atomic_write
 from prfdn_jax.networks import build_abstract
 from prfdn_jax.spec import Arch, StateDictError
 
@@ -99,35 +98,20 @@ def model_from_flat(arch: Arch, flat: Mapping[str, np.ndarray]) -> nnx.Module:
     return nnx.merge(graphdef, state)
 
 
-def atomic_path(path: Path):
-    """A temp file beside ``path``; caller writes it then ``os.replace``s it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
+def write_model_file(path: str | os.PathLike, model: nnx.Module, **meta: str) -> Path:
+    """Write ``model`` as our safetensors model file to ``path`` as it is (not atomic: :func:`save_model`)."""
+    from safetensors.numpy import save_file
 
-
-def _publish(tmp: Path, path: Path) -> None:
-    """Give ``tmp`` ordinary permissions (mkstemp makes 0600) and rename it onto ``path``."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
+    metadata = {"format": FORMAT, "arch": model.arch.to_json(), **{k: str(v) for k, v in meta.items()}}
+    save_file({k: np.ascontiguousarray(v) for k, v in flat_params(model).items()}, str(path), metadata)
+    return Path(path)
 
 
 def save_model(path: str | os.PathLike, model: nnx.Module, **meta: str) -> Path:
-    """Write ``model`` as our safetensors model file (atomically)."""
-    from safetensors.numpy import save_file
-
-    path = Path(path)
-    tmp = atomic_path(path)
-    try:
-        metadata = {"format": FORMAT, "arch": model.arch.to_json(), **{k: str(v) for k, v in meta.items()}}
-        save_file({k: np.ascontiguousarray(v) for k, v in flat_params(model).items()}, str(tmp), metadata)
-        _publish(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    """Write ``model`` as our safetensors model file, atomically (:func:`prfdn_jax.fileio.atomic_write`)."""
+    with atomic_write(path) as tmp:
+        write_model_file(tmp, model, **meta)
+    return Path(path)
 
 
 def read_model_file(path: str | os.PathLike) -> tuple[Arch, dict[str, np.ndarray], dict[str, str]]:
@@ -156,8 +140,8 @@ def load_model_file(path: str | os.PathLike) -> nnx.Module:
         raise WeightsError(f"{path}: {e}") from None
 
 
-def _from_state_dict(path, sd, form: str | None, notes: list[str] | None) -> nnx.Module:
-    from prfdn_jax.foreign import arch_and_flat_from_state_dict
+def _from_state_dict(path, sd, form: str | None) -> nnx.Module:
+    from prfdn_jax.state_dict import arch_and_flat_from_state_dict
 
     try:
         arch, flat = arch_and_flat_from_state_dict(sd, form)
@@ -170,8 +154,7 @@ def load_torch(path: str | os.PathLike, form: str | None = None, notes: list[str
     """A PyTorch ``.pth`` state dict (needs the ``torch`` extra): the released layout, our grouped wide
     export, or a BasicSR-style wrapper (``params_ema`` preferred, ``module.`` prefixes, fp16); the
     architecture is detected from keys and shapes. What was unwrapped or converted goes to ``notes``."""
-    require_torch(f"reading {path} (a PyTorch checkpoint)")
-    from converters.state_dict import read_pth_with_notes
+    from prfdn_jax.state_dict import read_pth_with_notes
 
     try:
         sd, found = read_pth_with_notes(path)
@@ -179,7 +162,7 @@ def load_torch(path: str | os.PathLike, form: str | None = None, notes: list[str
         raise WeightsError(str(e)) from None
     if notes is not None:
         notes.extend(found)
-    return _from_state_dict(path, sd, form, notes)
+    return _from_state_dict(path, sd, form)
 
 
 def load_any(path: str | os.PathLike, notes: list[str] | None = None) -> nnx.Module:
@@ -196,7 +179,7 @@ def load_any(path: str | os.PathLike, notes: list[str] | None = None) -> nnx.Mod
                                       and p.suffix not in (".pth", ".pt")):
         if _has_our_metadata(p):
             return load_model_file(p)
-        from prfdn_jax.foreign import read_foreign_safetensors
+        from prfdn_jax.state_dict import read_foreign_safetensors
 
         try:
             sd, found = read_foreign_safetensors(p)
@@ -204,7 +187,7 @@ def load_any(path: str | os.PathLike, notes: list[str] | None = None) -> nnx.Mod
             raise WeightsError(f"{p}: {e}" if str(p) not in str(e) else str(e)) from None
         if notes is not None:
             notes.extend(found)
-        return _from_state_dict(p, sd, None, notes)
+        return _from_state_dict(p, sd, None)
     return load_torch(p, notes=notes)
 
 

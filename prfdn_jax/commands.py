@@ -118,7 +118,7 @@ def check_model_dst(dst: str) -> Path:
     p = Path(dst)
     if p.suffix.lower() in (".pth", ".pt"):
         raise CLIError(f"{p}: prfdn writes prfdn-jax {MODEL_SUFFIX} model files; use a {MODEL_SUFFIX} name "
-                       "(export to a PyTorch .pth is not supported yet)")
+                       "(for a PyTorch .pth, run prfdn export --format torch on it)")
     if p.suffix.lower() != MODEL_SUFFIX:
         raise CLIError(f"{p}: unknown model file extension {p.suffix or '(none)'!r}; use a {MODEL_SUFFIX} name")
     check_writable(p, "model file")

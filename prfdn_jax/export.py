@@ -1,7 +1,7 @@
 """``prfdn export``: a network as a PyTorch state dict, an ONNX model or our safetensors model file.
 
-:func:`export` writes atomically (a temp file beside the output, then ``os.replace``): a failure
-leaves no partial file. Formats (:data:`FORMATS`):
+:func:`export` writes atomically (:func:`prfdn_jax.fileio.atomic_write`): a failure leaves no partial
+file. Formats (:data:`FORMATS`):
 
 * ``torch``: a plain state dict of float32 tensors (``torch.save``), loadable with
   ``torch.load(path, weights_only=True)`` into :func:`converters.torch_modules.build_from_state_dict`.
@@ -33,75 +33,58 @@ matches (``Resize`` linear, ``half_pixel``: PyTorch's ``align_corners=False``), 
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from prfdn_jax.extras import MissingExtra, require_torch
+from prfdn_jax.extras import require_module, require_torch
+from prfdn_jax.fileio import atomic_write
 
-__all__ = ["FORMATS", "ONNX_OPSET", "ExportError", "export", "export_onnx", "onnx_model", "require_module",
-           "run_onnx", "write_atomic"]
+__all__ = ["FORMATS", "ONNX_OPSET", "ExportError", "export", "export_onnx", "onnx_model", "run_onnx"]
 
 FORMATS = ("torch", "onnx", "safetensors")
 ONNX_OPSET = 17
 ONNX_IR_VERSION = 8  # the IR of opset 17: loadable by onnxruntime >= 1.12
-EXTRAS = {"onnx": ("ONNX", "onnx"), "onnxruntime": ("ONNX Runtime", "onnx"), "av": ("PyAV", "video")}
 
 
 class ExportError(ValueError):
     """The network cannot be exported in that format, or the output cannot be written (one line)."""
 
 
-def require_module(name: str, what: str):
-    """Import the optional module ``name`` or raise :class:`MissingExtra` naming the extra that brings it."""
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        label, extra = EXTRAS.get(name, (name, name))
-        raise MissingExtra(f"{what} needs {label}: pip install 'prfdn-jax[{extra}]'") from None
-
-
-def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temp file beside ``path``, then rename it onto ``path``; on any error
-    the temp file is removed and ``path`` is left as it was."""
-    from prfdn_jax.checkpoint import atomic_path
-
+def _write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """``write(tmp)`` inside :func:`~prfdn_jax.fileio.atomic_write` of ``path``: on any error ``path`` is
+    left as it was. ExportError when ``path`` is a folder or no file can be created beside it."""
     path = Path(path)
     if path.is_dir():
         raise ExportError(f"{path}: is a directory")
+    tmp = None
     try:
-        tmp = atomic_path(path)
+        with atomic_write(path) as tmp:
+            write(tmp)
     except OSError as e:
-        raise ExportError(f"{path}: cannot write ({e.strerror or e})") from None
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is None:  # the temp file could not be created
+            raise ExportError(f"{path}: cannot write ({e.strerror or e})") from None
+        raise
     return path
 
 
 def export(model, fmt: str, out_path: str | os.PathLike) -> Path:
     """Write ``model`` to ``out_path`` in format ``fmt`` (one of :data:`FORMATS`); returns the path."""
+    from prfdn_jax.checkpoint import flat_params, write_model_file
+
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
     if fmt == "safetensors":
-        from prfdn_jax.checkpoint import save_model
-
-        return write_atomic(out_path, lambda tmp: save_model(tmp, model))
+        return _write(out_path, lambda tmp: write_model_file(tmp, model))
     if fmt == "onnx":
         return export_onnx(model, out_path)
     require_torch("prfdn export --format torch")
     from converters.export_torch import TorchExportError, save_state_dict
 
     try:
-        return write_atomic(out_path, lambda tmp: save_state_dict(model, tmp))
+        return _write(out_path, lambda tmp: save_state_dict(flat_params(model), model.arch, tmp))
     except TorchExportError as e:
         raise ExportError(str(e)) from None
 
@@ -187,7 +170,7 @@ def onnx_model(model, opset: int = ONNX_OPSET):
 def export_onnx(model, out_path: str | os.PathLike, opset: int = ONNX_OPSET) -> Path:
     """Write :func:`onnx_model` of ``model`` to ``out_path`` atomically."""
     m = onnx_model(model, opset)
-    return write_atomic(out_path, lambda tmp: tmp.write_bytes(m.SerializeToString()))
+    return _write(out_path, lambda tmp: tmp.write_bytes(m.SerializeToString()))
 
 
 def run_onnx(path: str | os.PathLike, x: np.ndarray, threads: int | None = None) -> np.ndarray:

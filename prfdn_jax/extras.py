@@ -1,8 +1,10 @@
-"""Optional dependencies: PyTorch and Torch-Pruning come with ``pip install 'prfdn-jax[torch]'``.
+"""Optional dependencies: PyTorch and Torch-Pruning come with ``pip install 'prfdn-jax[torch]'``, ONNX and
+ONNX Runtime with ``[onnx]``, PyAV with ``[video]``.
 
 Upscaling, evaluation, model listing, training and the pipeline stages up to re-parametrization
-need neither. Reading a ``.pth`` file, pruning and the PyTorch latency benchmark do:
-:func:`require_torch` imports them or raises a one-line :class:`MissingExtra`.
+need none of them. Reading a ``.pth`` file, pruning and the PyTorch latency benchmark need torch:
+:func:`require_torch` imports it or raises a one-line :class:`MissingExtra`; :func:`require_module`
+does the same for the other extras.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import importlib
 
 INSTALL = "pip install 'prfdn-jax[torch]'"
+# optional module -> (what it is called in messages, the extra that brings it)
+EXTRAS = {"onnx": ("ONNX", "onnx"), "onnxruntime": ("ONNX Runtime", "onnx"), "av": ("PyAV", "video")}
 
 
 class MissingExtra(RuntimeError):
@@ -24,3 +28,12 @@ def require_torch(what: str, pruning: bool = False):
         except ImportError:
             raise MissingExtra(f"{what} needs {label}: {INSTALL}") from None
     return importlib.import_module("torch")
+
+
+def require_module(name: str, what: str):
+    """Import the optional module ``name`` or raise :class:`MissingExtra` naming the extra that brings it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        label, extra = EXTRAS.get(name, (name, name))
+        raise MissingExtra(f"{what} needs {label}: pip install 'prfdn-jax[{extra}]'") from None

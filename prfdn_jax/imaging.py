@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
-import tempfile
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -18,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image as _PILImage
 from PIL import ImageFile, ImageOps, UnidentifiedImageError
+
+from prfdn_jax.fileio import atomic_write
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -245,19 +246,13 @@ def _to_rgb_alpha(im, p: Path, notes: list[str], bits: int | None = None) -> tup
 # --------------------------------------------------------------------------------------------------
 
 
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def write_image(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray | None = None) -> Path:
     """Write ``rgb`` ((H, W, 3) or (H, W) uint8) and optional ``alpha`` ((H, W) uint8) atomically.
 
     The format comes from the extension: .png, .jpg/.jpeg (quality 95), .bmp; the alpha channel is
     kept only for PNG (dropped otherwise). The data go to a temporary file in the target folder that
-    is then renamed over ``path`` (``os.replace``); on any failure the temporary file is removed, so
-    no partial file is left. Parent folders are created. Returns the path written.
+    is then renamed over ``path`` (:func:`prfdn_jax.fileio.atomic_write`); on any failure the temporary
+    file is removed, so no partial file is left. Parent folders are created. Returns the path written.
     """
     p = Path(path)
     fmt = _WRITE_FORMATS.get(p.suffix.lower())
@@ -296,22 +291,11 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray | No
         raise ImageError(f"{p}: cannot create folder {folder} ({_one_line(e)})") from e
     if p.is_dir():
         raise ImageError(f"{p}: is a directory")
-    tmp_name = None
     try:
-        fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{p.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
+        with atomic_write(p) as tmp, open(tmp, "wb") as f:
             pil.save(f, format=fmt, **save_kwargs)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp_name, 0o666 & ~_current_umask())
-        os.replace(tmp_name, p)
-        tmp_name = None
     except Exception as e:
         raise ImageError(f"{p}: could not write image ({_one_line(e)})") from e
-    finally:
-        if tmp_name is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_name)
     return p
 
 

@@ -24,7 +24,6 @@ import contextlib
 import json
 import multiprocessing
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from prfdn_jax import data, imaging
+from prfdn_jax.fileio import atomic_write
 
 COMPRESSIONS = {"zstd": "zstd:1", "none": "uncompressed"}
 
@@ -93,15 +93,30 @@ def _list(dirs: list) -> list[Path]:
     return files
 
 
-def _tmp_in(folder: Path, name: str) -> Path:
-    """A new empty temporary file next to where ``name`` goes (DataError when the folder is not writable)."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-        os.close(fd)
-    except OSError as e:
-        raise data.DataError(f"{folder}: cannot write the prepared dataset there ({e.strerror or e})") from None
-    return Path(tmp)
+def _write_pairs(tmp: Path, files: list[Path], jobs: list, workers: int, compression: str):
+    """Cut every image of ``files`` (``jobs``: their :func:`_cut_star` arguments) into ``tmp`` (ArrayRecord);
+    ``(shapes, used, skipped)``; a warning for each skipped image."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    shapes, used, skipped = [], [], []
+    with contextlib.ExitStack() as stack:
+        writer = ArrayRecordWriter(str(tmp), f"group_size:1,{COMPRESSIONS[compression]}")
+        stack.callback(writer.close)
+        if workers > 0:
+            pool = stack.enter_context(ProcessPoolExecutor(workers, multiprocessing.get_context("spawn")))
+            results = _ordered(pool, jobs, ahead=4 * workers)
+        else:
+            results = map(_cut_star, jobs)
+        for f, (recs, shp, why) in zip(files, results):
+            if why:
+                warnings.warn(why, stacklevel=3)
+                skipped.append(str(f))
+                continue
+            for r in recs:
+                writer.write(r)
+            shapes += shp
+            used.append(str(f))
+    return shapes, used, skipped
 
 
 def prepare(dirs: Sequence[str | os.PathLike], out_path: str | os.PathLike, *, scale: int,
@@ -133,36 +148,14 @@ def prepare(dirs: Sequence[str | os.PathLike], out_path: str | os.PathLike, *, s
         raise data.DataError(f"{out_path}: is a source folder; write the prepared dataset elsewhere")
     if Path(out_path).suffix != ".array_record" and Path(out_path).exists() and not Path(out_path).is_dir():
         raise data.DataError(f"{out_path}: exists and is not a folder (name a .array_record file or a folder)")
-    tmp_rec = _tmp_in(records.parent, records.name)
-    tmp_side = None
+    jobs = [(str(f), scale, sub_size, step, degradation, 15 * scale) for f in files]
+    tmp = None
     try:
-        from array_record.python.array_record_module import ArrayRecordWriter
-
-        shapes, used, skipped = [], [], []
-        jobs = [(str(f), scale, sub_size, step, degradation, 15 * scale) for f in files]
-        with contextlib.ExitStack() as stack:
-            writer = ArrayRecordWriter(str(tmp_rec), f"group_size:1,{COMPRESSIONS[compression]}")
-            stack.callback(writer.close)
-            if workers > 0:
-                pool = stack.enter_context(ProcessPoolExecutor(workers, multiprocessing.get_context("spawn")))
-                results = _ordered(pool, jobs, ahead=4 * workers)
-            else:
-                results = map(_cut_star, jobs)
-            for f, (recs, shp, why) in zip(files, results):
-                if why:
-                    warnings.warn(why, stacklevel=2)
-                    skipped.append(str(f))
-                    continue
-                for r in recs:
-                    writer.write(r)
-                shapes += shp
-                used.append(str(f))
-        if not shapes:
-            raise data.DataError(f"no usable image (at least {15 * scale}x{15 * scale}) in "
-                                 f"{', '.join(str(d) for d in dirs)}")
-        os.chmod(tmp_rec, 0o644)
-        os.replace(tmp_rec, records)
-        tmp_rec = None
+        with atomic_write(records, mode=0o644) as tmp:
+            shapes, used, skipped = _write_pairs(tmp, files, jobs, workers, compression)
+            if not shapes:
+                raise data.DataError(f"no usable image (at least {15 * scale}x{15 * scale}) in "
+                                     f"{', '.join(str(d) for d in dirs)}")
         size = records.stat().st_size
         meta = {
             "format": data.PREPARED_FORMAT, "version": 1, "records": records.name,
@@ -173,18 +166,13 @@ def prepare(dirs: Sequence[str | os.PathLike], out_path: str | os.PathLike, *, s
             "sources": [str(Path(d).resolve()) for d in dirs],
             "skipped": skipped, "shapes": [list(s) for s in shapes],
         }
-        tmp_side = _tmp_in(side.parent, side.name)
-        tmp_side.write_text(json.dumps(meta, separators=(",", ":")) + "\n")
-        os.chmod(tmp_side, 0o644)
-        os.replace(tmp_side, side)
-        tmp_side = None
+        with atomic_write(side, mode=0o644) as tmp_side:
+            tmp_side.write_text(json.dumps(meta, separators=(",", ":")) + "\n")
     except OSError as e:
+        if tmp is None:  # no temp file could be created beside the output
+            raise data.DataError(f"{records.parent}: cannot write the prepared dataset there "
+                                 f"({e.strerror or e})") from None
         raise data.DataError(f"{out_path}: could not write the prepared dataset ({e.strerror or e})") from None
-    finally:
-        for t in (tmp_rec, tmp_side):
-            if t is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(t)
     return {"records": str(records), "sidecar": str(side), "count": len(shapes), "images": len(used),
             "skipped": len(skipped), "bytes": size, "bytes_per_pair": size / len(shapes),
             "seconds": time.perf_counter() - t0}

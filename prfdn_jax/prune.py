@@ -27,11 +27,12 @@ from collections.abc import Callable
 from flax import nnx
 
 from prfdn_jax import macs
+from prfdn_jax.checkpoint import flat_params, model_from_flat
 from prfdn_jax.extras import require_torch
 from prfdn_jax.reparam import wide_to_merged
 
 __all__ = ["IMPORTANCES", "PruningError", "prune_model", "to_torch", "from_torch", "record"]
-_BRIDGE = ("IMPORTANCES", "PruningError", "to_torch", "from_torch")
+_BRIDGE = ("IMPORTANCES", "PruningError")
 
 
 def __getattr__(name: str):
@@ -41,6 +42,24 @@ def __getattr__(name: str):
 
         return getattr(converters.pruning, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def to_torch(model: nnx.Module):
+    """prfdn-jax network -> PyTorch module (eval mode) computing the same function: a
+    :class:`~converters.torch_modules.MergedNet` for a merged net, else a grouped ``WideNet``."""
+    require_torch("converting a network to PyTorch")
+    from converters.pruning import to_torch as bridge
+
+    return bridge(flat_params(model), model.arch)
+
+
+def from_torch(module, form: str | None = None) -> nnx.Module:
+    """PyTorch module -> prfdn-jax network, widths read from its tensor shapes (see
+    :func:`converters.pruning.from_torch` for ``form``)."""
+    from converters.pruning import from_torch as bridge
+
+    flat, arch = bridge(module, form)
+    return model_from_flat(arch, flat)
 
 
 def record(step: int, model: nnx.Module, val: Callable | None = None, size: tuple[int, int] | None = None,
@@ -83,7 +102,8 @@ def prune_model(model: nnx.Module, *, ratio: float, steps: int, uniform: bool = 
     ['psnr']}``. The input model is not modified.
     """
     torch = require_torch("pruning", pruning=True)
-    from converters.pruning import PruningError, TorchPruner, check_prune_args, from_torch, to_torch, torch_state_dict
+    from converters.pruning import PruningError, TorchPruner, check_prune_args
+    from converters.state_dict import torch_state_dict
 
     check_prune_args(ratio, steps, importance, calib)
     arch = model.arch
@@ -122,7 +142,7 @@ def prune_model(model: nnx.Module, *, ratio: float, steps: int, uniform: bool = 
             if budget and within(history[-1]):
                 break
             if k < steps and finetune is not None:
-                session.load(torch_state_dict(current))
+                session.load(torch_state_dict(flat_params(current), current.arch))
         else:
             if budget and not within(history[-1]):
                 h = history[-1]

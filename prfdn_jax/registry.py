@@ -1,7 +1,7 @@
 """Built-in models: one registry of names -> architecture, scale, weights file, provenance.
 
 The weights live inside the package (``prfdn_jax/weights/*.safetensors``, our non-pickle format),
-converted from the released PyTorch checkpoints by ``python -m converters.ship_weights``; see
+converted from the released PyTorch checkpoints by ``python -m experiments.ship_weights``; see
 ``prfdn_jax/weights/README.md`` for provenance and licences.
 """
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
+
+from prfdn_jax.fileio import atomic_write
 
 # images_per_s: global batch x steps/s; data_wait: share of the interval's wall time spent waiting for the
 # next batch (0: never, 1: always). Columns are only appended, so older files read by name still work.
@@ -54,17 +54,8 @@ def previous_config(workdir: Path) -> dict | None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path) as tmp:
+        tmp.write_text(text)
 
 
 def record_run(workdir: Path, *, arch_json: str, config: dict, start_step: int, changes: dict,

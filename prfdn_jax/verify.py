@@ -120,7 +120,12 @@ def verify(model, image: str | os.PathLike | np.ndarray | None = None, onnx_path
     from converters.export_torch import TorchExportError, load_reference, reference_module, torch_forward
 
     try:
-        ref = load_reference(torch_path) if torch_path is not None else reference_module(model)
+        if torch_path is not None:
+            ref = load_reference(torch_path)
+        else:
+            from prfdn_jax.checkpoint import flat_params
+
+            ref = reference_module(flat_params(model), model.arch)
     except TorchExportError as e:
         raise VerifyError(str(e)) from None
     outs["torch"] = torch_forward(ref, x)[0]

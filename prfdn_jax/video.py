@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from fractions import Fraction
@@ -107,7 +106,8 @@ def upscale_video(apply: Callable, scale: int, src: str | os.PathLike, dst: str 
     ``batch``: frames per call of ``apply`` (default :data:`DEFAULT_BATCH` of JAX's backend).
     ``progress(frames_done, total_frames or None, frames_per_second)`` is called after every batch.
     """
-    from prfdn_jax.export import require_module
+    from prfdn_jax.extras import require_module
+    from prfdn_jax.fileio import atomic_write
     from prfdn_jax.inference import to_uint8
     from prfdn_jax.spec import MIN_SIZE
 
@@ -129,7 +129,6 @@ def upscale_video(apply: Callable, scale: int, src: str | os.PathLike, dst: str 
     t0 = time.perf_counter()
     notes: list[str] = []
     stage = "cannot read"
-    tmp = None
     inp = out = None
     try:
         inp = av.open(str(src))
@@ -148,94 +147,88 @@ def upscale_video(apply: Callable, scale: int, src: str | os.PathLike, dst: str 
             notes.append(f"output {ow}x{oh} cropped to {ow - ow % 2}x{oh - oh % 2}: yuv420p needs even sizes")
             ow, oh = ow - ow % 2, oh - oh % 2
         stage = "cannot write"
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=dst.suffix, dir=dst.parent)
-        os.close(fd)
-        tmp = Path(name)
-        try:
-            out, ov, oa, copy = _open_output(av, tmp, fmt, vs, aud, (ow, oh), crf, lossless, True)
-        except av.FFmpegError:
-            if aud is None:
-                raise
-            # the muxer refused to take the audio packets as they are after all: re-encode them
-            out, ov, oa, copy = _open_output(av, tmp, fmt, vs, aud, (ow, oh), crf, lossless, False)
-        audio = "none" if aud is None else "copied" if copy else "re-encoded to AAC"
-        if aud is not None and not copy:
-            notes.append(f"audio ({aud.codec_context.name}) re-encoded to AAC: {fmt} cannot hold it as it is")
-        total = vs.frames or None
-        done, pending, frames = 0, None, []
-        rate = vs.average_rate or vs.guessed_rate
-        tb = vs.time_base or Fraction(1) / rate
-
-        def upscaled(fn, *args):
+        with atomic_write(dst, suffix=dst.suffix) as tmp:  # renamed onto dst at the end of the block
             try:
-                return fn(*args)
-            except (ValueError, RuntimeError) as e:  # e.g. XLA out of memory (computed asynchronously)
-                raise VideoError(f"{src}: upscaling a frame failed ({_line(e)})") from None
+                out, ov, oa, copy = _open_output(av, tmp, fmt, vs, aud, (ow, oh), crf, lossless, True)
+            except av.FFmpegError:
+                if aud is None:
+                    raise
+                # the muxer refused to take the audio packets as they are after all: re-encode them
+                out, ov, oa, copy = _open_output(av, tmp, fmt, vs, aud, (ow, oh), crf, lossless, False)
+            audio = "none" if aud is None else "copied" if copy else "re-encoded to AAC"
+            if aud is not None and not copy:
+                notes.append(f"audio ({aud.codec_context.name}) re-encoded to AAC: {fmt} cannot hold it as it is")
+            total = vs.frames or None
+            done, pending, frames = 0, None, []
+            rate = vs.average_rate or vs.guessed_rate
+            tb = vs.time_base or Fraction(1) / rate
 
-        def encode(pts_list, y):
-            nonlocal done
-            sr = upscaled(to_uint8, y)[:, :oh, :ow]
-            for pts, img in zip(pts_list, sr):
-                f = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
-                f.pts, f.time_base = pts, tb
-                for p in ov.encode(f):
-                    out.mux(p)
-            done += len(pts_list)
-            if progress is not None:
-                progress(done, total, done / max(time.perf_counter() - t0, 1e-9))
+            def upscaled(fn, *args):
+                try:
+                    return fn(*args)
+                except (ValueError, RuntimeError) as e:  # e.g. XLA out of memory (computed asynchronously)
+                    raise VideoError(f"{src}: upscaling a frame failed ({_line(e)})") from None
 
-        def submit(batch_frames):
-            nonlocal pending
-            x = np.stack([img for _, img in batch_frames]).astype(np.float32)
-            if len(batch_frames) < batch:  # pad: the same shape, the same compiled program
-                x = np.concatenate([x, np.repeat(x[-1:], batch - len(batch_frames), 0)])
-            y = upscaled(apply, x)[: len(batch_frames)]  # asynchronous: encode the previous batch meanwhile
+            def encode(pts_list, y):
+                nonlocal done
+                sr = upscaled(to_uint8, y)[:, :oh, :ow]
+                for pts, img in zip(pts_list, sr):
+                    f = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+                    f.pts, f.time_base = pts, tb
+                    for p in ov.encode(f):
+                        out.mux(p)
+                done += len(pts_list)
+                if progress is not None:
+                    progress(done, total, done / max(time.perf_counter() - t0, 1e-9))
+
+            def submit(batch_frames):
+                nonlocal pending
+                x = np.stack([img for _, img in batch_frames]).astype(np.float32)
+                if len(batch_frames) < batch:  # pad: the same shape, the same compiled program
+                    x = np.concatenate([x, np.repeat(x[-1:], batch - len(batch_frames), 0)])
+                y = upscaled(apply, x)[: len(batch_frames)]  # asynchronous: encode the previous batch meanwhile
+                if pending is not None:
+                    encode(*pending)
+                pending = ([pts for pts, _ in batch_frames], y)
+
+            stage = "cannot decode"
+            n_read = 0
+            for packet in inp.demux(*(s for s in (vs, aud) if s is not None)):
+                if packet.stream is aud:
+                    if copy:
+                        if packet.dts is not None:
+                            packet.stream = oa
+                            out.mux(packet)
+                    else:
+                        for af in packet.decode():
+                            for p in oa.encode(af):
+                                out.mux(p)
+                    continue
+                for vf in packet.decode():
+                    img = vf.to_ndarray(format="rgb24")
+                    if img.shape[:2] != (h, w):
+                        raise VideoError(f"{src}: frame size changes mid-stream "
+                                         f"({w}x{h} -> {img.shape[1]}x{img.shape[0]})")
+                    pts = vf.pts if vf.pts is not None else int(round(n_read / (rate * tb)))
+                    frames.append((pts, img))
+                    n_read += 1
+                    if len(frames) == batch:
+                        submit(frames)
+                        frames = []
+            if frames:
+                submit(frames)
             if pending is not None:
                 encode(*pending)
-            pending = ([pts for pts, _ in batch_frames], y)
-
-        stage = "cannot decode"
-        n_read = 0
-        for packet in inp.demux(*(s for s in (vs, aud) if s is not None)):
-            if packet.stream is aud:
-                if copy:
-                    if packet.dts is not None:
-                        packet.stream = oa
-                        out.mux(packet)
-                else:
-                    for af in packet.decode():
-                        for p in oa.encode(af):
-                            out.mux(p)
-                continue
-            for vf in packet.decode():
-                img = vf.to_ndarray(format="rgb24")
-                if img.shape[:2] != (h, w):
-                    raise VideoError(f"{src}: frame size changes mid-stream ({w}x{h} -> {img.shape[1]}x{img.shape[0]})")
-                pts = vf.pts if vf.pts is not None else int(round(n_read / (rate * tb)))
-                frames.append((pts, img))
-                n_read += 1
-                if len(frames) == batch:
-                    submit(frames)
-                    frames = []
-        if frames:
-            submit(frames)
-        if pending is not None:
-            encode(*pending)
-        if done == 0:
-            raise VideoError(f"{src}: no video frames could be decoded")
-        stage = "cannot write"
-        for p in ov.encode(None):
-            out.mux(p)
-        if oa is not None and not copy:
-            for p in oa.encode(None):
+            if done == 0:
+                raise VideoError(f"{src}: no video frames could be decoded")
+            stage = "cannot write"
+            for p in ov.encode(None):
                 out.mux(p)
-        out.close()
-        out = None
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, dst)
+            if oa is not None and not copy:
+                for p in oa.encode(None):
+                    out.mux(p)
+            out.close()
+            out = None
     except VideoError:
         raise
     except (av.FFmpegError, OSError, ValueError) as e:
@@ -248,7 +241,5 @@ def upscale_video(apply: Callable, scale: int, src: str | os.PathLike, dst: str 
                     c.close()
                 except Exception:  # noqa: BLE001 - closing a broken container after an error
                     pass
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
     secs = time.perf_counter() - t0
     return VideoResult(done, secs, done / secs, Fraction(rate), (w, h), (ow, oh), audio, notes)

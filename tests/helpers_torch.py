@@ -3,10 +3,10 @@
 import numpy as np
 import torch
 
-from converters.state_dict import state_dict_from_flat_params
 from converters.torch_modules import build_from_state_dict
 from prfdn_jax.checkpoint import flat_params
 from prfdn_jax.inference import make_apply
+from prfdn_jax.state_dict import state_dict_from_flat_params
 
 
 def torch_module(model):

@@ -225,7 +225,7 @@ def test_tile_options_refused_not_adjusted(extra, msg, tmp_path, capsys, no_mode
     assert not (tmp_path / "o.png").exists()
 
 
-@pytest.mark.parametrize("name, msg", [("out.pth", "use a .safetensors name (export to a PyTorch .pth is not"),
+@pytest.mark.parametrize("name, msg", [("out.pth", "use a .safetensors name (for a PyTorch .pth, run prfdn export"),
                                        ("out.pt", "use a .safetensors name"),
                                        ("out.bin", "unknown model file extension '.bin'"),
                                        ("out", "unknown model file extension '(none)'")])

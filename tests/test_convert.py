@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from conftest import random_image, shared_path
-from converters.state_dict import (StateDictError, arch_from_state_dict, flat_params_from_state_dict, read_pth,
-                                   state_dict_from_flat_params)
 from prfdn_jax.checkpoint import (WeightsError, flat_params, load_any, load_model_file, load_torch,
                                   model_from_flat, save_model)
 from prfdn_jax.inference import make_apply
 from prfdn_jax.networks import build, default_arch
+from prfdn_jax.spec import StateDictError, arch_from_state_dict
+from prfdn_jax.state_dict import flat_params_from_state_dict, read_pth, state_dict_from_flat_params
 
 RELEASED = ["rfdn_aim_x4", "prfdn_x2_pruned", "prfdn_x3_pruned", "rfdnb4s_branch_x4", "rfdnb2_branch_x4"]
 
@@ -149,9 +149,6 @@ def test_bad_model_file(tmp_path):
 def test_a_changed_concatenated_tensor_is_named_itself():
     """Widening one distilled conv breaks the concat after it: the message names that conv's key."""
     import pytest as _pytest
-
-    from converters.state_dict import read_pth
-    from prfdn_jax.spec import StateDictError, arch_from_state_dict
 
     sd = read_pth(shared_path("weights", "prfdn_x2_pruned.pth"))
     sd["B1234.c1_d.weight"] = np.zeros((14, 22, 1, 1), np.float32)

@@ -12,16 +12,18 @@ from PIL import Image
 from conftest import ROOT, random_image, shared_path
 from converters import pruning
 from converters.export_torch import load_reference, torch_forward
-from converters.state_dict import read_pth, read_pth_with_notes, state_dict_from_flat_params
+from converters.state_dict import torch_state_dict
 from converters.torch_modules import MergedNet, WideNet, build_from_state_dict
 from prfdn_jax import registry
 from prfdn_jax.checkpoint import flat_params, load_any, model_from_flat
 from prfdn_jax.deploy import deploy
 from prfdn_jax.export import ONNX_OPSET, ExportError, export, onnx_model, run_onnx
-from prfdn_jax.foreign import (arch_and_flat_from_state_dict, flat_from_wide_state_dict, read_foreign_safetensors,
-                               wide_arch_from_state_dict)
 from prfdn_jax.networks import build
+from prfdn_jax.prune import to_torch
 from prfdn_jax.spec import StateDictError, arch_from_state_dict, default_arch
+from prfdn_jax.state_dict import (arch_and_flat_from_state_dict, flat_from_wide_state_dict, read_foreign_safetensors,
+                                  read_pth, read_pth_with_notes, state_dict_from_flat_params, wide_arch_from_state_dict,
+                                  wide_state_dict)
 from prfdn_jax.verify import verify
 from test_networks import random_merged_arch
 
@@ -86,16 +88,23 @@ def test_torch_export_reloads_into_the_reference(tmp_path, kind):
     assert set(flat) == set(ref) and all(np.array_equal(flat[k], ref[k]) for k in ref)
 
 
-def test_wide_readers_agree_with_the_pruning_bridge():
+def test_wide_layout_round_trip_and_the_pruning_bridge():
     model = build(default_arch("b2s", nf=6, scale=2, form="wide"))
-    sd = {k: v.numpy() for k, v in pruning.torch_state_dict(model).items()}
+    flat = flat_params(model)
+    sd = wide_state_dict(flat, model.arch)
+    tensors = torch_state_dict(flat, model.arch)
+    assert set(tensors) == set(sd) and all(np.array_equal(tensors[k].numpy(), sd[k]) for k in sd)
     arch = wide_arch_from_state_dict(sd)
-    assert arch == model.arch == pruning.wide_arch(pruning.to_torch(model))
-    a, b = flat_from_wide_state_dict(sd, arch), pruning.flat_from_wide_state_dict(sd, arch)
-    assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    module = to_torch(model)
+    assert arch == model.arch == pruning.wide_arch(module)
+    for a, b_arch in (flat_from_wide_state_dict(sd, arch), arch), pruning.from_torch(module):
+        assert b_arch == arch and set(a) == set(flat) and all(np.array_equal(a[k], flat[k]) for k in flat)
     sd["stages.0.c5.weight"][0, -1] = 1.0  # weight outside its branch block
     with pytest.raises(StateDictError, match="outside the branch blocks"):
         flat_from_wide_state_dict(sd, arch)
+    module.stages[0].c5.weight.data[0, -1] = 1.0
+    with pytest.raises(pruning.PruningError, match="outside the branch blocks"):
+        pruning.from_torch(module)
 
 
 def test_torch_export_of_a_wide_net_loads_for_verify(tmp_path):
@@ -112,7 +121,7 @@ def test_export_is_atomic_and_checks_its_arguments(tmp_path, monkeypatch):
         export(model, "tflite", tmp_path / "m.tflite")
     import converters.export_torch as et
 
-    def broken(model, path):
+    def broken(flat, arch, path):
         open(path, "wb").write(b"partial")
         raise OSError("disk full")
 
@@ -179,7 +188,7 @@ def test_onnx_export_needs_no_torch(tmp_path):
               "from prfdn_jax import registry\nfrom prfdn_jax.export import export\n"
               f"export(registry.load('prfdn-x2'), 'onnx', {str(tmp_path / 'm.onnx')!r})\n"
               f"export(registry.load('prfdn-x2'), 'safetensors', {str(tmp_path / 'm.safetensors')!r})\n"
-              "import prfdn_jax.verify, prfdn_jax.video, prfdn_jax.foreign\n"
+              "import prfdn_jax.verify, prfdn_jax.video, prfdn_jax.state_dict\n"
               "assert sys.modules['torch'] is None")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)

@@ -16,13 +16,13 @@ import pytest
 import torch
 from torch import nn
 
-from converters.pruning import PruningError, TorchPruner, check_graph, from_torch, prune_torch, to_torch
+from converters.pruning import PruningError, TorchPruner, check_graph, prune_torch
 from converters.torch_modules import MergedNet, WideNet, build_from_state_dict
 from prfdn_jax import macs
 from prfdn_jax.checkpoint import flat_params, load_any, load_torch, model_from_flat, save_model
 from prfdn_jax.inference import make_apply
 from prfdn_jax.networks import LAYOUTS, build_abstract, default_arch, width_errors
-from prfdn_jax.prune import prune_model
+from prfdn_jax.prune import from_torch, prune_model, to_torch
 from prfdn_jax.reparam import reparam, wide_to_merged
 
 torch.set_num_threads(2)

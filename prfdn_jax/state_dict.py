@@ -1,38 +1,50 @@
-"""Checkpoints from other trainers (BasicSR style) and our own PyTorch exports, without PyTorch.
+"""State dicts as numpy: reading them, and converting them to and from flat prfdn-jax parameters.
 
-A state dict here is a mapping of key -> array (numpy arrays, or anything with ``.shape``). This module
-reads the layouts a user may bring and returns the state dict plus *notes*, one line per conversion:
+The one place where weights change layout (the key table itself is the spec's,
+:func:`prfdn_jax.spec.conv_table`). A state dict here is a mapping of key -> array (numpy arrays, or
+anything with ``.shape``); flat parameters are ``{'stages.0.c1_d.kernel': HWIO array, ...}`` (stacked
+layers with a leading branch axis). PyTorch OIHW <-> Flax HWIO is ``transpose(2, 3, 1, 0)``, biases are
+unchanged: pure transposes and stacking, so every round trip is bit-exact. Two layouts:
+
+* the released key names (``fea_conv1234``, ``B1234.c1_d``, ...): :func:`flat_params_from_state_dict`,
+  :func:`state_dict_from_flat_params`;
+* the grouped-conv layout of the PyTorch ``WideNet`` (``prfdn export --format torch`` of a wide
+  network: ``fea.<b>``, ``srfdb.*``, ``stages.<d>.*``, ``c``, ``LR_conv``, ``upsampler.0``):
+  :func:`wide_arch_from_state_dict`, :func:`flat_from_wide_state_dict`, :func:`wide_state_dict`.
+
+Reading returns the state dict plus *notes*, one line per conversion:
 
 * wrappers ``{'params_ema': sd, 'params': sd}`` (BasicSR: the EMA weights are preferred and a note
   says which was used), ``{'state_dict': sd}``, ``{'model': sd}``, nested in any order;
 * DataParallel / DDP ``module.`` prefixes (stripped);
 * float16 / bfloat16 / float64 tensors (converted to float32);
 * ``.safetensors`` files WITHOUT our prfdn-jax metadata (:func:`read_foreign_safetensors`);
-* the grouped-conv layout of the PyTorch ``WideNet`` (``prfdn export --format torch`` of a wide
-  network: ``fea.<b>``, ``srfdb.*``, ``stages.<d>.*``, ``c``, ``LR_conv``, ``upsampler.0``):
-  :func:`wide_arch_from_state_dict` and :func:`flat_from_wide_state_dict`.
+* ``.pth`` files (:func:`read_pth_with_notes`: the one function that needs torch, reached through
+  :func:`prfdn_jax.extras.require_torch`, with ``weights_only=True``).
 
-:func:`arch_and_flat_from_state_dict` turns any of these into ``(Arch, flat parameters)`` for
-:func:`prfdn_jax.checkpoint.model_from_flat`; an architecture we do not know raises one
-:class:`~prfdn_jax.spec.StateDictError` line naming the first keys that did not match.
-``.pth`` files are read by :func:`converters.state_dict.read_pth_with_notes` (needs torch), which
-uses :func:`unwrap_state_dict` from here. Numpy, safetensors and the spec only: no torch, no jax.
+:func:`arch_and_flat_from_state_dict` (architecture detection) turns either layout into ``(Arch, flat
+parameters)`` for :func:`prfdn_jax.checkpoint.model_from_flat`; an architecture we do not know raises
+one :class:`~prfdn_jax.spec.StateDictError` line naming the first keys that did not match.
+Numpy, safetensors and the spec: no jax, and torch only inside :func:`read_pth_with_notes`.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from collections.abc import Mapping
 
 import numpy as np
 
+from prfdn_jax.extras import require_torch
 from prfdn_jax.spec import (LAYOUTS, Arch, StateDictError, arch_from_state_dict, c5_columns, check_state_dict,
                             conv_table, groupcat_perm, is_stacked, scale_from_upsampler, width_errors)
 
-__all__ = ["WRAPPERS", "arch_and_flat_from_state_dict", "as_float32", "flat_from_released_state_dict",
-           "flat_from_wide_state_dict", "is_wide_state_dict", "read_foreign_safetensors", "unmatched_keys",
-           "unwrap_state_dict", "wide_arch_from_state_dict"]
+__all__ = ["WRAPPERS", "StateDictError", "arch_and_flat_from_state_dict", "as_float32", "flat_from_wide_state_dict",
+           "flat_params_from_state_dict", "is_wide_state_dict", "read_foreign_safetensors", "read_pth",
+           "read_pth_with_notes", "state_dict_from_flat_params", "unmatched_keys", "unwrap_state_dict",
+           "wide_arch_from_state_dict", "wide_state_dict"]
 
 WRAPPERS = ("params_ema", "params", "state_dict", "model")  # preference order when several are present
 _MAX_NAMED = 3  # keys named in an "unknown architecture" message
@@ -78,15 +90,18 @@ def unwrap_state_dict(obj, where: str = "") -> tuple[dict, list[str]]:
 
 def as_float32(sd: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[str]]:
     """Every array as float32 numpy; one note per source dtype that was converted (e.g. float16)."""
-    out, converted = {}, {}
+    out, converted = {}, Counter()
     for k, v in sd.items():
         a = np.asarray(v)
         if a.dtype != np.float32:
-            converted[str(a.dtype)] = converted.get(str(a.dtype), 0) + 1
+            converted[str(a.dtype)] += 1
             a = a.astype(np.float32)
         out[k] = a
-    notes = [f"converted {n} {dt} tensor{'s' if n > 1 else ''} to float32" for dt, n in sorted(converted.items())]
-    return out, notes
+    return out, _dtype_notes(converted)
+
+
+def _dtype_notes(converted: Mapping[str, int]) -> list[str]:
+    return [f"converted {n} {dt} tensor{'s' if n > 1 else ''} to float32" for dt, n in sorted(converted.items())]
 
 
 def read_foreign_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -113,6 +128,82 @@ def read_foreign_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndar
     sd, notes = unwrap_state_dict(nested, f"{path}: ")
     sd, more = as_float32(sd)
     return sd, notes + more
+
+
+def read_pth_with_notes(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], list[str]]:
+    """A ``.pth`` state dict as float32 numpy arrays, and notes on what was unwrapped or converted.
+
+    Needs PyTorch (:class:`~prfdn_jax.extras.MissingExtra`, naming the file, without it).
+    ``weights_only=True``: never executes pickled code. Wrappers and ``module.`` prefixes as
+    :func:`unwrap_state_dict`; float16 / bfloat16 / float64 tensors become float32 (one note each).
+    Raises :class:`StateDictError` (one line, naming the file) if the file is not a state dict.
+    """
+    torch = require_torch(f"reading {path} (a PyTorch checkpoint)")
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - weights_only unpickling fails in many ways; all mean "not loadable"
+        raise StateDictError(f"{path}: not a loadable PyTorch state dict ({_why(e)})") from None
+    sd, notes = unwrap_state_dict(obj, f"{path}: ")
+    if not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise StateDictError(f"{path}: not a PyTorch state dict (expected a dict of tensors)")
+    converted = Counter(str(v.dtype).removeprefix("torch.") for v in sd.values() if v.dtype != torch.float32)
+    sd = {k: v.detach().float().numpy() for k, v in sd.items()}  # bfloat16 has no numpy dtype: via float32
+    return sd, notes + _dtype_notes(converted)
+
+
+def _why(e: BaseException) -> str:
+    """A one-line reason why ``torch.load(weights_only=True)`` refused a file."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+    if "Weights only load failed" in text or "Unsupported global" in text:
+        return ("it holds pickled objects other than tensors, which prfdn never runs; re-save it as a plain "
+                "state dict: torch.save(model.state_dict(), path)")
+    if isinstance(e, EOFError):
+        return "truncated or empty file"
+    first = text.splitlines()[0] if text else ""
+    if not first or first.strip("'\"").isdigit():
+        return "corrupt or truncated file"
+    return first
+
+
+def read_pth(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """A ``.pth`` state dict as float32 numpy arrays (:func:`read_pth_with_notes` without the notes)."""
+    return read_pth_with_notes(path)[0]
+
+
+# ----------------------------------------------------------------------------- released layout
+def _hwio(w) -> np.ndarray:  # new, writable arrays throughout (torch.from_numpy warns on read-only ones)
+    return np.array(np.asarray(w, np.float32).transpose(2, 3, 1, 0), order="C")
+
+
+def _oihw(k) -> np.ndarray:
+    return np.array(np.asarray(k, np.float32).transpose(3, 2, 0, 1), order="C")
+
+
+def flat_params_from_state_dict(sd: Mapping[str, np.ndarray], arch: Arch) -> dict[str, np.ndarray]:
+    """Released-key state dict -> flat prfdn-jax parameters of ``arch`` (float32), after
+    :func:`~prfdn_jax.spec.check_state_dict` (a :class:`StateDictError` naming the first bad key)."""
+    check_state_dict(sd, arch)
+    flat = {}
+    for name, prefixes in conv_table(arch):
+        ks = [_hwio(sd[p + ".weight"]) for p in prefixes]
+        bs = [np.asarray(sd[p + ".bias"], np.float32) for p in prefixes]
+        stacked = is_stacked(arch, name)
+        flat[name + ".kernel"] = np.stack(ks) if stacked else ks[0]
+        flat[name + ".bias"] = np.stack(bs) if stacked else bs[0]
+    return flat
+
+
+def state_dict_from_flat_params(flat: Mapping[str, np.ndarray], arch: Arch) -> dict[str, np.ndarray]:
+    """Flat prfdn-jax parameters -> state dict with the released key names (float32 OIHW numpy arrays)."""
+    sd = {}
+    for name, prefixes in conv_table(arch):
+        k, b = np.asarray(flat[name + ".kernel"]), np.asarray(flat[name + ".bias"])
+        if not is_stacked(arch, name):
+            k, b = k[None], b[None]
+        for i, p in enumerate(prefixes):
+            sd[p + ".weight"] = _oihw(k[i])
+            sd[p + ".bias"] = np.array(b[i], np.float32)
+    return sd
 
 
 # ----------------------------------------------------------------------------- the WideNet layout
@@ -179,16 +270,10 @@ def _wide_keys(arch: Arch) -> list[str]:
     return [f"{p}.{t}" for p in names for t in ("weight", "bias")]
 
 
-def _hwio(w: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.asarray(w, np.float32).transpose(2, 3, 1, 0))
-
-
 def flat_from_wide_state_dict(sd: Mapping[str, np.ndarray], arch: Arch) -> dict[str, np.ndarray]:
-    """``WideNet`` state dict (numpy) -> flat prfdn-jax parameters of the wide ``arch``.
-
-    The torch-free twin of :func:`converters.pruning.flat_from_wide_state_dict` (tests check they agree);
-    raises :class:`StateDictError` if a dense ``c5`` has weight outside its branch blocks.
-    """
+    """``WideNet`` state dict -> flat prfdn-jax parameters of the wide ``arch`` (inverse of
+    :func:`wide_state_dict`); raises :class:`StateDictError` if a dense ``c5`` has weight outside its
+    branch blocks (the network is then not a stack of independent branches)."""
     sd = {k: np.asarray(v, np.float32) for k, v in sd.items()}
     n, w = arch.branches, arch.w
     flat = {"fea.kernel": np.stack([_hwio(sd[f"fea.{b}.weight"]) for b in range(n)]),
@@ -215,20 +300,40 @@ def flat_from_wide_state_dict(sd: Mapping[str, np.ndarray], arch: Arch) -> dict[
     return {k: np.ascontiguousarray(v, np.float32) for k, v in flat.items()}
 
 
-# ----------------------------------------------------------------------------- released layout
-def flat_from_released_state_dict(sd: Mapping[str, np.ndarray], arch: Arch) -> dict[str, np.ndarray]:
-    """Released-key state dict -> flat prfdn-jax parameters (as :mod:`converters.state_dict`, torch-free)."""
-    check_state_dict(sd, arch)
-    flat = {}
-    for name, prefixes in conv_table(arch):
-        ks = [_hwio(sd[p + ".weight"]) for p in prefixes]
-        bs = [np.asarray(sd[p + ".bias"], np.float32) for p in prefixes]
-        stacked = is_stacked(arch, name)
-        flat[name + ".kernel"] = np.stack(ks) if stacked else ks[0]
-        flat[name + ".bias"] = np.stack(bs) if stacked else bs[0]
-    return flat
+def wide_state_dict(flat: Mapping[str, np.ndarray], arch: Arch) -> dict[str, np.ndarray]:
+    """Flat prfdn-jax parameters of a branch / wide / RFDN net -> state dict of the PyTorch ``WideNet``.
+
+    Stacked layers become grouped convs (branch-major output channels); each block's ``c5`` and the
+    fusion conv ``c`` become dense, block-structured 1x1 convs (the concat permutations folded in).
+    """
+    if arch.form == "merged":
+        raise StateDictError("the WideNet layout needs a branch or wide network, not a merged one")
+    w, sd = arch.w, {}
+    fk, fb = np.asarray(flat["fea.kernel"]), np.asarray(flat["fea.bias"])
+    for b in range(fk.shape[0]):
+        sd[f"fea.{b}.weight"], sd[f"fea.{b}.bias"] = _oihw(fk[b]), fb[b]
+    for part, g in _wide_parts(arch.layout, arch.depth):
+        for name in (k for k in w if k.startswith(part + ".")):
+            k, bias = np.asarray(flat[name + ".kernel"]), np.asarray(flat[name + ".bias"])
+            if name.endswith(".c5"):
+                cin, cout = w[name]
+                dense = np.zeros((g * cout, g * cin) + k.shape[1:3], np.float32)
+                for b in range(g):
+                    dense[b * cout:(b + 1) * cout, c5_columns(w, part + ".", g, b)] = _oihw(k[b])
+                sd[name + ".weight"] = dense
+            else:
+                sd[name + ".weight"] = np.concatenate([_oihw(k[b]) for b in range(g)], axis=0)
+            sd[name + ".bias"] = bias.reshape(-1)
+    ck = _oihw(flat["c.kernel"])  # torch columns: plain concat of the stage outputs; JAX rows: branch-major
+    c = np.zeros_like(ck)
+    c[:, groupcat_perm([w[f"stages.{d}.c5"][1] for d in range(arch.depth)], arch.branches)] = ck
+    sd["c.weight"], sd["c.bias"] = c, flat["c.bias"]
+    sd["LR_conv.weight"], sd["LR_conv.bias"] = _oihw(flat["LR_conv.kernel"]), flat["LR_conv.bias"]
+    sd["upsampler.0.weight"], sd["upsampler.0.bias"] = _oihw(flat["upsampler.kernel"]), flat["upsampler.bias"]
+    return {k: np.array(v, np.float32, order="C") for k, v in sd.items()}
 
 
+# ----------------------------------------------------------------------------- detection
 def unmatched_keys(sd: Mapping[str, object]) -> list[str]:
     """Keys that are no RFDN / PRFDN conv parameter name (released or WideNet layout), in file order."""
     return [k for k in sd if not _KNOWN_KEY.match(k)]
@@ -249,7 +354,7 @@ def arch_and_flat_from_state_dict(sd: Mapping[str, np.ndarray], form: str | None
                 raise StateDictError(f"a WideNet checkpoint cannot be read as form {form!r}")
             return (arch.replace(form=form) if form else arch), flat_from_wide_state_dict(sd, arch)
         arch = arch_from_state_dict(sd, form)
-        return arch, flat_from_released_state_dict(sd, arch)
+        return arch, flat_params_from_state_dict(sd, arch)
     except StateDictError as e:
         bad = unmatched_keys(sd)
         if not bad:

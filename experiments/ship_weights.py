@@ -1,6 +1,6 @@
 """Convert the released PyTorch checkpoints into the package's built-in model files.
 
-    python -m converters.ship_weights [SHARED_WEIGHTS_DIR]
+    python -m experiments.ship_weights [SHARED_WEIGHTS_DIR]
 
 Each source file is checked against its SHA-256 (from ``SHA256SUMS`` beside it), loaded with
 ``weights_only=True``, converted by the one state-dict table and written as our safetensors model file

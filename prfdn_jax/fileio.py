@@ -1,0 +1,65 @@
+"""Writing a file atomically: :func:`atomic_write`, the one copy of the temp file / fsync / rename sequence.
+
+Standard library only (the bottom layer): model files, exports, images, videos, run logs and prepared
+datasets are all written through it, so a crash, an error or Ctrl-C never leaves a partial file
+under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["atomic_write", "default_mode"]
+
+
+def default_mode() -> int:
+    """The permissions ``open(path, 'w')`` would give a new file: ``0o666`` less the umask."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _fsync(path: str | os.PathLike, directory: bool = False) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    except OSError:
+        if directory:  # some systems cannot open a folder: the rename is still atomic
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not directory:
+            raise
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, *, mode: int | None = None, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a new empty temp file beside ``path`` (``.<name>.<random><suffix>``) for the caller to write.
+
+    On success: the temp file is fsynced, given ``mode`` (default :func:`default_mode`; ``mkstemp``
+    makes 0600), renamed onto ``path`` (``os.replace``) and the folder fsynced. On any exception,
+    KeyboardInterrupt included, the temp file is removed and ``path`` is left as it was. The parent
+    folders are created. An ``OSError`` while creating the temp file is raised before the body runs.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.chmod(tmp, default_mode() if mode is None else mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+    _fsync(path.parent, directory=True)

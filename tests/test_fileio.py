@@ -1,0 +1,43 @@
+"""atomic_write: the content under the final name on success, nothing (and the old file intact) on any error."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from prfdn_jax.fileio import atomic_write, default_mode
+
+
+def test_content_and_mode_on_success(tmp_path):
+    path = tmp_path / "sub" / "out.bin"
+    with atomic_write(path) as tmp:
+        assert tmp.parent == path.parent and tmp.name.startswith(".out.bin.") and tmp.exists()
+        tmp.write_bytes(b"new")
+        assert not path.exists()  # nothing under the final name before the block ends
+    assert path.read_bytes() == b"new" and os.listdir(path.parent) == ["out.bin"]
+    assert path.stat().st_mode & 0o777 == default_mode()  # not mkstemp's 0600
+    with atomic_write(path, mode=0o644, suffix=".mp4") as tmp:
+        assert tmp.suffix == ".mp4"
+        tmp.write_bytes(b"newer")
+    assert path.read_bytes() == b"newer" and path.stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("error", [OSError("disk full"), KeyboardInterrupt()])
+def test_no_file_left_on_an_exception(tmp_path, error):
+    old = tmp_path / "old.txt"
+    old.write_text("old")
+    for path in (old, tmp_path / "new.txt"):
+        with pytest.raises(type(error)):
+            with atomic_write(path) as tmp:
+                tmp.write_text("partial")
+                raise error
+    assert sorted(os.listdir(tmp_path)) == ["old.txt"] and old.read_text() == "old"
+
+
+def test_a_folder_in_the_way_leaves_no_temp_file(tmp_path):
+    (tmp_path / "d").mkdir()
+    with pytest.raises(OSError):
+        with atomic_write(tmp_path / "d") as tmp:
+            tmp.write_text("x")
+    assert os.listdir(tmp_path) == ["d"] and os.listdir(tmp_path / "d") == []
