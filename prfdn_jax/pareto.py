@@ -55,7 +55,7 @@ def fields(rows: Sequence[dict]) -> list[str]:
 
 
 def write_csv(rows: Sequence[dict], path: str | Path) -> Path:
-    from prfdn_jax.extras import atomic_write
+    from prfdn_jax.fileio import atomic_write
 
     path = Path(path)
     with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
@@ -90,7 +90,7 @@ def plot(rows: Sequence[dict], path: str | Path, size: tuple[int, int], title: s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from prfdn_jax.extras import atomic_write
+    from prfdn_jax.fileio import atomic_write
 
     sets = [k for k in fields(rows) if k.startswith("psnr_")]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
