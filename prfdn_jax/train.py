@@ -168,7 +168,8 @@ def stop_requested() -> int | None:
 @contextlib.contextmanager
 def stop_on_signals():
     """Within the block, SIGTERM and the first Ctrl-C are stop requests (:func:`request_stop`); a second
-    Ctrl-C interrupts at once (KeyboardInterrupt, no checkpoint). Main thread only (elsewhere: no-op)."""
+    Ctrl-C interrupts at once (KeyboardInterrupt, no checkpoint). Main thread only (elsewhere: no-op).
+    A multi-process run stops cleanly only when every process gets the signal."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
