@@ -132,7 +132,8 @@ def run(a) -> dict:
     from prfdn_jax import train
     from prfdn_jax.data import make_iterator
     from prfdn_jax.evaluate import evaluate, forward, load_eval_set
-    from prfdn_jax.checkpoint import load_any, load_workdir_model, save_model
+    from prfdn_jax.checkpoint import load_any, save_model
+    from prfdn_jax.workdir import load_workdir_model
     from prfdn_jax.config import TrainConfig
     from prfdn_jax.prepare import prepare
     from prfdn_jax.prune import prune_model

@@ -178,24 +178,22 @@ def _train_jax(model, impl: str, dtype: str, lr: np.ndarray, hr: np.ndarray, war
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
     from prfdn_jax.config import TrainConfig
-    from prfdn_jax.train_step import make_optimizer, make_train_step
+    from prfdn_jax.train_step import init_state, make_optimizer, make_train_step
 
     mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
     repl, shard = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     graphdef, params, rest = nnx.split(with_impl(model, impl), nnx.Param, ...)
     tx, _ = make_optimizer(TrainConfig(lr=5e-4, schedule="constant"))
     step = make_train_step(graphdef, rest, tx, 255.0, repl, shard, dtype=dtype)
-    params = jax.device_put(params, repl)
-    opt = jax.jit(tx.init, out_shardings=repl)(params)
-    x, y = jax.device_put(lr, shard), jax.device_put(hr, shard)
+    state = [init_state(params, tx, repl)]
+    batch = {"lr": jax.device_put(lr, shard), "hr": jax.device_put(hr, shard)}
     t = time.perf_counter()
-    step = step.lower(params, opt, None, x, y).compile()
+    step = step.lower(state[0], batch).compile()
     compile_s = time.perf_counter() - t
-    state = [params, opt]
 
     def one():
-        state[0], state[1], _, loss, _ = step(state[0], state[1], None, x, y)
-        loss.block_until_ready()
+        state[0], metrics = step(state[0], batch)
+        metrics["loss"].block_until_ready()
 
     for _ in range(warmup):
         one()

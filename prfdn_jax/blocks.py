@@ -107,18 +107,25 @@ def conv2d(x, kernel, bias, stride: int = 1, padding: int = 0, groups: int = 1):
     return y + bias
 
 
-def _torch_uniform(key, shape, fan_in):
-    """PyTorch's default conv init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), deterministic in ``key``.
+def torch_uniform(rng: np.random.Generator, shape, fan_in: int) -> np.ndarray:
+    """PyTorch's default conv init (kernel and bias): float32 ``shape`` drawn from
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) by ``rng``; ``fan_in = k * k * cin``.
 
-    Drawn with NumPy from the key's bits: jax.random would compile one XLA kernel per distinct
-    shape (seconds each on CPU), which made building a network take minutes. Under tracing
-    (``nnx.eval_shape``) it falls back to jax.random, which then costs nothing.
+    Drawn with NumPy: jax.random would compile one XLA kernel per distinct shape (seconds each on
+    CPU), which made building a network take minutes.
     """
     bound = 1.0 / math.sqrt(fan_in)
+    return rng.uniform(-bound, bound, shape).astype(np.float32)
+
+
+def _torch_uniform(key, shape, fan_in):
+    """:func:`torch_uniform` seeded by a JAX ``key`` (deterministic in it). Under tracing
+    (``nnx.eval_shape``) it falls back to jax.random, which then costs nothing."""
     if isinstance(key, jax.core.Tracer):
+        bound = 1.0 / math.sqrt(fan_in)
         return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
     seed = np.asarray(jax.random.key_data(key)).astype(np.uint32).ravel().tolist()
-    return jnp.asarray(np.random.default_rng(seed).uniform(-bound, bound, shape).astype(np.float32))
+    return jnp.asarray(torch_uniform(np.random.default_rng(seed), shape, fan_in))
 
 
 # ----------------------------------------------------------------------------- modules

@@ -187,7 +187,6 @@ def check_run_folders(args) -> None:
 
 def cmd_train(args) -> int:
     from prfdn_jax.config import ConfigError, TrainConfig, load_config
-    from prfdn_jax.train import train
 
     config = load_config(args.config)
     if not isinstance(config, TrainConfig):
@@ -206,7 +205,23 @@ def cmd_train(args) -> int:
             raise CLIError(f"--init {args.init}: no such file or directory")
         config = config.replace(init_weights=args.init)
     check_run_folders(args)
-    train(config, args.workdir, data_dirs=args.data, steps=args.steps, val_dirs=args.val)
+    return train_until_stopped(config, args)
+
+
+def train_until_stopped(config, args) -> int:
+    """``train`` with SIGTERM and Ctrl-C as stop requests: the run checkpoints its last completed step and
+    ends with one line, exit status 128 + the signal (143 SIGTERM, 130 Ctrl-C). A second Ctrl-C: at once."""
+    import sys
+
+    from prfdn_jax.train import TrainingStopped, stop_on_signals, train
+
+    try:
+        with stop_on_signals():
+            train(config, args.workdir, data_dirs=args.data, steps=args.steps, val_dirs=args.val)
+    except TrainingStopped as e:
+        print(f"prfdn: {e}{'; resume with the same --workdir' if e.saved is not None else ''}", file=sys.stderr,
+              flush=True)
+        return 128 + e.signum
     return 0
 
 

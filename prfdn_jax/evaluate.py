@@ -22,6 +22,7 @@ one device (:func:`device_forward`), shared by every caller in the process.
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -31,9 +32,9 @@ import numpy as np
 from flax import nnx
 
 from prfdn_jax import imaging, resize
-from prfdn_jax.checkpoint import host_tree
 from prfdn_jax.inference import upscale_array
 from prfdn_jax.metrics import evaluate_pair
+from prfdn_jax.workdir import host_tree
 
 METRICS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")
 DEGRADATIONS = ("matlab", "ntire")
@@ -96,15 +97,21 @@ def _pair(p: Path, lr_dir: Path | None, required: bool, scale: int, crop: int, d
 
 
 # ----------------------------------------------------------------------------- forward
-_FWD_CACHE: dict = {}  # one jitted forward per network structure (the apply path is part of it)
+FWD_CACHE_SIZE = 8  # jitted forwards kept per process (pruning evaluates many networks)
+_FWD_CACHE: OrderedDict = OrderedDict()  # network structure (the apply path is part of it) -> forward, LRU
 
 
 def cached_forward(graphdef, rest):
-    """Jitted ``fwd(params, x)``: ``(B, H, W, 3)`` float -> SR, memoised per network structure."""
+    """Jitted ``fwd(params, x)``: ``(B, H, W, 3)`` float -> SR, memoised per network structure (the
+    :data:`FWD_CACHE_SIZE` most recently used)."""
     key = (graphdef, jax.tree.structure(rest))
-    if key not in _FWD_CACHE:
-        _FWD_CACHE[key] = jax.jit(lambda p, x: nnx.merge(graphdef, p, rest)(x))
-    return _FWD_CACHE[key]
+    if key in _FWD_CACHE:
+        _FWD_CACHE.move_to_end(key)
+        return _FWD_CACHE[key]
+    fwd = _FWD_CACHE[key] = jax.jit(lambda p, x: nnx.merge(graphdef, p, rest)(x))
+    while len(_FWD_CACHE) > FWD_CACHE_SIZE:
+        _FWD_CACHE.popitem(last=False)
+    return fwd
 
 
 def device_forward(graphdef, rest, params, device=None) -> Callable:

@@ -1,16 +1,18 @@
-"""A workdir's record of its runs (``arch.json``, ``config.json``, ``runs.jsonl``) and a run's metrics
-(``metrics.csv``, TensorBoard events in ``tb/``, ``metrics.png``)."""
+"""A training run's metrics and progress: ``metrics.csv``, TensorBoard events in ``tb/``, ``metrics.png``
+(:class:`MetricsLog`), timing, the progress bar and the summary (:class:`Progress`). The file names
+and the rest of a workdir: :mod:`prfdn_jax.workdir`."""
 
 from __future__ import annotations
 
 import csv
-import json
 import sys
 import time
 import warnings
 from pathlib import Path
 
-from prfdn_jax.fileio import atomic_write
+import numpy as np
+
+from prfdn_jax.workdir import METRICS, METRICS_PLOT, TB_DIR
 
 # images_per_s: global batch x steps/s; data_wait: share of the interval's wall time spent waiting for the
 # next batch (0: never, 1: always). Columns are only appended, so older files read by name still work.
@@ -35,55 +37,13 @@ def summary_writer_class():
     return SummaryWriter
 
 
-RUNS = "runs.jsonl"  # one JSON line per run: time, start_step, changes, skipped_checkpoints, config
-
-
-def previous_config(workdir: Path) -> dict | None:
-    """The config of the workdir's latest run (``config.json``, else the last line of ``runs.jsonl``)."""
-    try:
-        d = json.loads((workdir / "config.json").read_text())
-        if isinstance(d, dict):
-            return d
-    except (OSError, ValueError):
-        pass
-    try:
-        lines = (workdir / RUNS).read_text().splitlines()
-        return json.loads(lines[-1])["config"] if lines else None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _write_text(path: Path, text: str) -> None:
-    with atomic_write(path) as tmp:
-        tmp.write_text(text)
-
-
-def record_run(workdir: Path, *, arch_json: str, config: dict, start_step: int, changes: dict,
-               skipped: list | None = None, resolved: dict | None = None) -> None:
-    """Write ``arch.json`` and ``config.json`` (the latest run's) and append this run to ``runs.jsonl``.
-
-    ``resolved``: what the config left to the machine, as this run chose it (apply path, compute dtype,
-    backend, devices)."""
-    _write_text(workdir / "arch.json", arch_json)
-    _write_text(workdir / "config.json", json.dumps(config, indent=1, default=str))
-    entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "start_step": start_step,
-             "changes": {k: {"was": o, "now": n} for k, (o, n) in changes.items()}}
-    if skipped:
-        entry["skipped_checkpoints"] = [{"step": s, "why": why} for s, why in skipped]
-    if resolved:
-        entry["resolved"] = resolved
-    entry["config"] = config
-    with open(workdir / RUNS, "a") as f:
-        f.write(json.dumps(entry, default=str) + "\n")
-
-
 class MetricsLog:
     """metrics.csv (kept up to the resume step), TensorBoard events in tb/, metrics.png at close."""
 
     def __init__(self, workdir: Path, start_step: int, enabled: bool = True):
         self.enabled = enabled
-        self.path = workdir / "metrics.csv"
-        self.plot_path = workdir / "metrics.png"
+        self.path = workdir / METRICS
+        self.plot_path = workdir / METRICS_PLOT
         self.rows: list[dict] = []
         self.tb = None
         if not enabled:
@@ -97,7 +57,7 @@ class MetricsLog:
             w.writerows(self.rows)
         try:
             SummaryWriter = summary_writer_class()
-            self.tb = SummaryWriter(str(workdir / "tb"), purge_step=start_step or None, flush_secs=30)
+            self.tb = SummaryWriter(str(workdir / TB_DIR), purge_step=start_step or None, flush_secs=30)
         except ImportError:
             warnings.warn("tensorboardX is not installed: no TensorBoard events", stacklevel=2)
 
@@ -123,6 +83,87 @@ class MetricsLog:
         if self.tb is not None:
             self.tb.close()
         plot_metrics(self.rows, self.plot_path)
+
+
+class Progress:
+    """A training loop's bookkeeping: batch waits and steps/s, the metrics rows (a :class:`MetricsLog`), the
+    progress bar, the summary. ``steps``: the run's last step; ``batch``: the global batch; ``sched``: lr of a
+    (0-based) step; ``enabled``: this process writes metrics; ``verbose``: progress bar and a closing line."""
+
+    def __init__(self, workdir: Path, start: int, steps: int, batch: int, sched, *, enabled: bool = True,
+                 verbose: bool = True):
+        self.workdir, self.start, self.steps, self.batch, self.sched = workdir, start, steps, batch, sched
+        self.verbose = verbose and enabled
+        self.log = MetricsLog(workdir, start, enabled=enabled)
+        self.pbar = None
+        if self.verbose:
+            from tqdm import tqdm
+
+            self.pbar = tqdm(total=steps, initial=min(start, steps), unit="step", dynamic_ncols=True, disable=None,
+                             desc=workdir.name)
+        self.losses: list[tuple[int, float]] = []  # (step, mean loss) and (step, PSNR-Y) of the logged rows
+        self.psnrs: list[tuple[int, float]] = []
+        self.batch_shards = None  # set by the loop: the LR batch shapes this process's devices hold
+        self.t0 = time.perf_counter()
+        self.t_last, self.s_last = self.t0, start
+        self.wait, self.wait_total = 0.0, 0.0  # seconds blocked in next(it): this log interval, the whole run
+
+    def next_batch(self, it):
+        t = time.perf_counter()
+        batch = next(it)
+        self.wait += time.perf_counter() - t
+        return batch
+
+    def interval(self, step: int, losses: list[float]) -> dict:
+        """The metrics row of the log interval ending at ``step`` (its losses ``losses``)."""
+        now = time.perf_counter()
+        sps = (step - self.s_last) / max(now - self.t_last, 1e-9)
+        share = self.wait / max(now - self.t_last, 1e-9)
+        self.t_last, self.s_last, self.wait_total, self.wait = now, step, self.wait_total + self.wait, 0.0
+        mean_loss = float(np.mean(losses))
+        self.losses.append((step, mean_loss))
+        return {"step": step, "loss": mean_loss, "lr": float(self.sched(step - 1)), "steps_per_s": round(sps, 3),
+                "elapsed_s": round(now - self.t0, 3), "images_per_s": round(sps * self.batch, 2),
+                "data_wait": round(share, 4)}
+
+    def write(self, row: dict) -> None:
+        if "psnr_y" in row:
+            self.psnrs.append((row["step"], row["psnr_y"]))
+        self.log.write(row)
+        if self.pbar is not None:
+            self.pbar.set_postfix(loss=f"{row['loss']:.4g}", **{"img/s": f"{row['images_per_s']:.4g}",
+                                                                "data": f"{row['data_wait']:.0%}"},
+                                  **({"psnr": f"{row['psnr_y']:.2f}"} if "psnr_y" in row else {}))
+
+    def tick(self) -> None:
+        if self.pbar is not None:
+            self.pbar.update(1)
+
+    def close(self) -> None:
+        if self.pbar is not None:
+            self.pbar.close()
+        self.log.close()
+
+    def summary(self, step: int) -> dict:
+        wall, done, start = time.perf_counter() - self.t0, step - self.start, self.start
+        timed = done and wall > 0
+        psnrs = self.psnrs
+        s = {"start_step": start, "step": step, "steps": self.steps,
+             "loss": self.losses[-1][1] if self.losses else None,
+             "psnr_y": psnrs[-1][1] if psnrs else None, "best_psnr_y": max(p for _, p in psnrs) if psnrs else None,
+             "wall_s": round(wall, 3), "steps_per_s": round(done / wall, 3) if timed else None,
+             "images_per_s": round(done * self.batch / wall, 2) if timed else None,
+             "data_wait": round((self.wait_total + self.wait) / wall, 4) if timed else None,
+             "losses": self.losses, "batch_shards": self.batch_shards}
+        if self.verbose:
+            msg = f"[train] {self.workdir}: steps {start}->{step} in {wall:.1f}s"
+            if done:
+                msg += (f" ({s['steps_per_s']} steps/s, {s['images_per_s']} img/s, "
+                        f"{s['data_wait']:.0%} waiting for data), loss {s['loss']:.5g}")
+            if psnrs:
+                msg += f", PSNR-Y {s['psnr_y']:.3f} dB (best {s['best_psnr_y']:.3f})"
+            print(msg, flush=True)
+        return s
 
 
 def plot_metrics(rows: list[dict], path: Path) -> None:

@@ -1,8 +1,9 @@
 """The training step: optimizer and schedule, mixed precision, the EMA of the parameters, one jitted step.
 
-``step(params, opt_state, ema, lr, hr) -> (params, opt_state, ema, loss, ok)`` (:func:`make_train_step`;
-:func:`cached_train_step` memoises it per network, optimizer and mesh). Used by :mod:`prfdn_jax.train`
-and by ``prfdn bench train`` (:func:`prfdn_jax.bench.bench_train`), so both time the same program.
+``step(state, batch) -> (state, metrics)`` on a :class:`TrainState` (:func:`make_train_step`;
+:func:`cached_train_step` memoises the last few per network, optimizer and mesh). Used by
+:mod:`prfdn_jax.train` and by ``prfdn bench train`` (:func:`prfdn_jax.bench.bench_train`), so both
+time the same program.
 
 * Mixed precision (``compute_dtype``): parameters, gradients, Adam state and the EMA stay float32; the
   forward/backward runs on parameters and inputs cast to the compute dtype inside the loss, and the
@@ -11,23 +12,38 @@ and by ``prfdn bench train`` (:func:`prfdn_jax.bench.bench_train`), so both time
 * EMA (``ema_decay`` d > 0): after every optimizer step ``ema = d * ema + (1 - d) * params`` (BasicSR's
   ``net_g_ema`` / ``params_ema``), starting from the parameters the run starts with. It averages over
   about ``1 / (1 - d)`` steps: 0.999 suits runs of many thousand steps.
-* ``ok``: the loss and the gradient norm are finite (the loop stops the run otherwise).
+* ``metrics``: ``loss`` and ``ok`` (the loss and the gradient norm are finite; the loop stops the run
+  otherwise).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
+from flax import nnx, struct
 
 from prfdn_jax.config import COMPUTE_DTYPES, TrainConfig
 from prfdn_jax.impls import default_impl
 
-__all__ = ["COMPUTE_DTYPES", "resolve_dtype", "resolve_impl", "make_schedule", "make_optimizer",
-           "make_train_step", "cached_train_step", "ema_init"]
+__all__ = ["COMPUTE_DTYPES", "TrainState", "resolve_dtype", "resolve_impl", "make_schedule", "make_optimizer",
+           "make_train_step", "cached_train_step", "ema_init", "init_state"]
 
 _JNP = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@struct.dataclass
+class TrainState:
+    """What one training step carries (a frozen pytree): float32 ``params`` and ``opt_state``, the EMA of
+    the parameters (None without one) and ``step`` (int32 scalar: optimizer steps taken)."""
+
+    params: Any
+    opt_state: Any
+    ema: Any
+    step: Any
 
 
 def resolve_dtype(name: str = "auto", backend: str | None = None) -> str:
@@ -71,7 +87,22 @@ def ema_init(params):
     return jax.tree.map(lambda p: jnp.array(p, dtype=jnp.float32, copy=True), params)
 
 
-_JIT_CACHE: dict = {}  # one compile per (network and apply path, optimizer, dtype, EMA, mesh) and process
+def init_state(params, tx, repl, *, ema: bool = False, opt_state=None, ema_params=None, step: int = 0) -> TrainState:
+    """A :class:`TrainState` replicated on ``repl``: ``opt_state`` (default ``tx.init(params)``); the EMA
+    ``ema_params`` or, when ``ema`` and none is given, a copy of ``params`` (None without ``ema``)."""
+    params = jax.device_put(params, repl)
+    opt_state = jax.jit(tx.init, out_shardings=repl)(params) if opt_state is None else jax.device_put(opt_state, repl)
+    if not ema:
+        ema_params = None
+    elif ema_params is None:
+        ema_params = jax.jit(ema_init, out_shardings=repl)(params)
+    else:
+        ema_params = jax.device_put(ema_params, repl)
+    return TrainState(params, opt_state, ema_params, jax.device_put(jnp.int32(step), repl))
+
+
+JIT_CACHE_SIZE = 8  # compiled steps kept per process (prune + finetune build many networks)
+_JIT_CACHE: OrderedDict = OrderedDict()  # (network and apply path, optimizer, dtype, EMA, mesh) -> step, LRU
 
 
 def _opt_key(c: TrainConfig) -> tuple:
@@ -80,27 +111,33 @@ def _opt_key(c: TrainConfig) -> tuple:
 
 
 def cached_train_step(config: TrainConfig, graphdef, rest, repl, batch_sharding):
-    """:func:`make_train_step` for ``config``, memoised (re-running a config does not recompile).
+    """:func:`make_train_step` for ``config``, memoised (re-running a config does not recompile; the
+    :data:`JIT_CACHE_SIZE` most recently used are kept).
 
     The compute dtype is ``resolve_dtype(config.compute_dtype)``; the apply path is ``graphdef``'s.
     """
     dtype = resolve_dtype(config.compute_dtype)
     key = ("step", graphdef, jax.tree.structure(rest), config.loss_norm, _opt_key(config), dtype,
            float(config.ema_decay), repl, batch_sharding)
-    if key not in _JIT_CACHE:
-        tx, _ = make_optimizer(config)
-        _JIT_CACHE[key] = make_train_step(graphdef, rest, tx, config.loss_norm, repl, batch_sharding,
-                                          dtype=dtype, ema_decay=config.ema_decay)
-    return _JIT_CACHE[key]
+    if key in _JIT_CACHE:
+        _JIT_CACHE.move_to_end(key)
+        return _JIT_CACHE[key]
+    tx, _ = make_optimizer(config)
+    fn = _JIT_CACHE[key] = make_train_step(graphdef, rest, tx, config.loss_norm, repl, batch_sharding,
+                                           dtype=dtype, ema_decay=config.ema_decay)
+    while len(_JIT_CACHE) > JIT_CACHE_SIZE:
+        _JIT_CACHE.popitem(last=False)
+    return fn
 
 
 def make_train_step(graphdef, rest, tx, loss_norm: float, repl, batch_sharding, *, dtype: str = "float32",
                     ema_decay: float = 0.0):
-    """``step(params, opt_state, ema, lr, hr) -> (params, opt_state, ema, loss, ok)``, jitted.
+    """``step(state, batch) -> (state, {'loss', 'ok'})``, jitted, on a :class:`TrainState`.
 
-    lr/hr: uint8 ``(B, h, w, 3)`` sharded by ``batch_sharding``; the rest replicated (``repl``). ``ema``
-    is None when ``ema_decay`` is 0 (and stays None). ``dtype``: the compute dtype (see the module doc).
-    The apply path is the network's (``graphdef``'s): set it with ``set_impl`` before splitting.
+    batch: ``{'lr', 'hr'}`` uint8 ``(B, h, w, 3)`` sharded by ``batch_sharding``; the state replicated
+    (``repl``). ``state.ema`` is None when ``ema_decay`` is 0 (and stays None). ``dtype``: the compute
+    dtype (see the module doc). The apply path is the network's (``graphdef``'s): set it with
+    ``with_impl`` before splitting.
     """
     cd = _JNP[resolve_dtype(dtype)]
     d = float(ema_decay)
@@ -111,14 +148,14 @@ def make_train_step(graphdef, rest, tx, loss_norm: float, repl, batch_sharding, 
         out = nnx.merge(graphdef, params, rest)(x)
         return jnp.mean(jnp.abs(out.astype(jnp.float32) - y)) / loss_norm
 
-    def step(params, opt_state, ema, lr, hr):
-        loss, grads = jax.value_and_grad(loss_fn)(params, lr.astype(cd), hr.astype(jnp.float32))
-        updates, opt_state = tx.update(grads, opt_state, params)
+    def step(state: TrainState, batch):
+        params, ema = state.params, state.ema
+        loss, grads = jax.value_and_grad(loss_fn)(params, batch["lr"].astype(cd), batch["hr"].astype(jnp.float32))
+        updates, opt_state = tx.update(grads, state.opt_state, params)
         params = optax.apply_updates(params, updates)
         if ema is not None and d > 0:
             ema = jax.tree.map(lambda e, p: e * d + p * (1.0 - d), ema, params)
         ok = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
-        return params, opt_state, ema, loss, ok
+        return TrainState(params, opt_state, ema, state.step + 1), {"loss": loss, "ok": ok}
 
-    return jax.jit(step, in_shardings=(repl, repl, repl, batch_sharding, batch_sharding),
-                   out_shardings=(repl, repl, repl, repl, repl))
+    return jax.jit(step, in_shardings=(repl, batch_sharding), out_shardings=(repl, repl))

@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 
 from prfdn_jax import train
-from prfdn_jax.checkpoint import WeightsError, flat_params, load_any, load_workdir_model, workdir_manager
+from prfdn_jax.checkpoint import flat_params, load_any
 from prfdn_jax.cli import main
 from prfdn_jax.config import ConfigError, TrainConfig, load_config, override
+from prfdn_jax.workdir import WorkdirError, load_workdir_model, workdir_manager
 
 from conftest import ROOT, shared_path  # noqa: E402  (conftest also sets the package's XLA flags)
 
@@ -106,10 +107,10 @@ def test_load_workdir_model_and_load_any(runs, tmp_path):
     m = load_any(a)
     assert m.arch.to_json() == (a / "arch.json").read_text()
     _assert_same_params(flat_params(m), _params(a))
-    with pytest.raises(WeightsError, match="not a training workdir"):
+    with pytest.raises(WorkdirError, match="not a training workdir"):
         load_workdir_model(tmp_path)
     (tmp_path / "arch.json").write_text((a / "arch.json").read_text())
-    with pytest.raises(WeightsError, match="without checkpoints"):
+    with pytest.raises(WorkdirError, match="without checkpoints"):
         load_workdir_model(tmp_path)
 
 
@@ -264,12 +265,12 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, set14, monkeypatch,
     def poisoned(*a, **k):
         step = real(*a, **k)
 
-        def f(params, opt, ema, lr, hr):
+        def f(state, batch):
             calls["n"] += 1
-            p, o, e, loss, ok = step(params, opt, ema, lr, hr)
+            state, m = step(state, batch)
             if calls["n"] == 4:
-                return p, o, e, loss * np.nan, ok & False
-            return p, o, e, loss, ok
+                return state, {"loss": m["loss"] * np.nan, "ok": m["ok"] & False}
+            return state, m
 
         return f
 

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from prfdn_jax import train
-from prfdn_jax.checkpoint import WeightsError, flat_params, load_workdir_model
+from prfdn_jax.checkpoint import flat_params
 from prfdn_jax.cli import main
 from prfdn_jax.config import ConfigError, load_config
+from prfdn_jax.workdir import WorkdirError, load_workdir_model
 
 from conftest import ROOT, shared_path  # noqa: E402
 
@@ -146,10 +147,10 @@ def test_no_readable_checkpoint_is_one_line_error(base, cfg, set14, tmp_path, ca
     before = {p: p.read_bytes() for p in w.rglob("*") if p.is_file()}
     msg = (f"{w}: no readable checkpoint: checkpoints 6, 4 are unreadable "
            "(6: empty step folder; 4: truncated file in model/)")
-    with pytest.raises(WeightsError) as e:
+    with pytest.raises(WorkdirError) as e:
         load_workdir_model(w, ema=False)  # (the EMA of step 4 still reads: load_workdir_model(w) gives it)
     assert str(e.value) == msg
-    with pytest.raises(WeightsError) as e:
+    with pytest.raises(WorkdirError) as e:
         train.train(cfg, w, verbose=False)
     assert str(e.value) == msg
     assert main(["train", SMOKE, "--workdir", str(w), "--data", set14, "--steps", str(STEPS)]) == 1
@@ -230,3 +231,21 @@ def test_failed_start_leaves_no_empty_checkpoints_folder(bad, existed, cfg, tmp_
     assert w.is_dir() == existed  # a workdir this run created is removed again, an existing one is kept
     if existed:
         assert list(w.iterdir()) == []
+
+
+OLD = ROOT / "tests" / "data"
+
+
+def test_workdir_written_before_the_refactor_resumes_bit_exactly(cfg, tmp_path):
+    """tests/data/old_workdir was written by the code of 3792689 (tests/data/make_old_workdir.py: the smoke
+    config with EMA 0.9, 4 steps, a checkpoint every 2, keep 1); resumed to step 6 now, its parameters and
+    EMA equal bit for bit those that code resumed to (tests/data/old_workdir_step6.npz)."""
+    w = tmp_path / "w"
+    shutil.copytree(OLD / "old_workdir", w)
+    s = train.train(cfg.replace(keep=1), w, verbose=False)
+    assert s["start_step"] == 4 and s["step"] == STEPS
+    want = np.load(OLD / "old_workdir_step6.npz")
+    for item, ema in (("params", False), ("ema", True)):
+        _assert_same(flat_params(load_workdir_model(w, ema=ema)),
+                     {k.split("/", 1)[1]: want[k] for k in want.files if k.startswith(item + "/")})
+    assert not (w / ".lock").exists()
