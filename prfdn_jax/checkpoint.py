@@ -32,7 +32,7 @@ import numpy as np
 from flax import nnx
 
 from prfdn_jax.extras import require_torch
-from prfdn_jax.networks import build_abstract
+from prfdn_jax.networks import build_abstract, set_impl
 from prfdn_jax.spec import Arch, StateDictError
 
 FORMAT = "prfdn-jax"
@@ -96,7 +96,7 @@ def model_from_flat(arch: Arch, flat: Mapping[str, np.ndarray]) -> nnx.Module:
     _check_flat(shapes, flat)
     state = jax.tree.map(lambda x: x, abstract)  # fresh variables; the cached ones stay abstract
     nnx.replace_by_pure_dict(state, _nest(flat))
-    return nnx.merge(graphdef, state)
+    return set_impl(nnx.merge(graphdef, state), None)  # the default path resolved now, not the cached one's
 
 
 def atomic_path(path: Path):
