@@ -35,8 +35,8 @@ from converters.torch_blocks import (ACT_SLOPE, ESA, RFDB, SRFDB, _check, _conv,
                                      count_params, esa_widths, kernel_of, rfdb_widths)
 from prfdn_jax import spec
 from prfdn_jax.state_dict import is_wide_state_dict, wide_arch_from_state_dict
-from prfdn_jax.spec import (LAYOUTS, Arch, Widths, block_prefix, conv_table, default_arch, scale_from_upsampler,
-                            width_errors)
+from prfdn_jax.spec import (LAYOUTS, Arch, Widths, block_prefix, branch_layouts, conv_table, default_arch,
+                            scale_from_upsampler, width_errors)
 
 __all__ = [
     "ACT_SLOPE",
@@ -57,14 +57,36 @@ __all__ = [
     "MERGED_LAYOUTS",
 ]
 
-MERGED_LAYOUTS = tuple(k for k, lay in LAYOUTS.items() if lay.branches > 1)  # also the branch kinds
+
+class _BranchLayouts:
+    """The layouts with more than one branch (the merged and the branch kinds), read from ``spec.LAYOUTS``
+    at each use, so a layout added with ``spec.register_layout`` counts; iterates and prints as a tuple."""
+
+    def __iter__(self):
+        return iter(branch_layouts())
+
+    def __contains__(self, name) -> bool:
+        return name in branch_layouts()
+
+    def __len__(self) -> int:
+        return len(branch_layouts())
+
+    def __repr__(self) -> str:
+        return repr(branch_layouts())
+
+
+MERGED_LAYOUTS = _BranchLayouts()
 
 
 # --------------------------------------------------------------------------------------------- widths
 
-@functools.lru_cache(maxsize=None)
 def _merged_names(layout: str) -> dict[str, str]:
     """Released name (state-dict prefix) -> prfdn-jax name of every conv of the merged ``layout``."""
+    return _merged_names_of(layout, LAYOUTS[layout])
+
+
+@functools.lru_cache(maxsize=None)
+def _merged_names_of(layout: str, lay) -> dict[str, str]:  # cached per (name, definition)
     arch = Arch.make("merged", layout, 1, spec.merged_widths(default_arch(layout, nf=4, scale=1)))
     return {prefixes[0]: name for name, prefixes in conv_table(arch)}
 
@@ -72,8 +94,9 @@ def _merged_names(layout: str) -> dict[str, str]:
 def merged_widths(layout: str, nf: int = 50, scale: int = 2) -> Widths:
     """Full-prefix widths of the UNPRUNED merged network (branch widths times the branch count).
 
-    'b4s': 4 branches (1 plain + 3 with an SRFDB); 'b2s': 2 branches of two RFDBs, SRFDB on branch 2;
-    'b2': as 'b2s' without the SRFDB (no split_left / split_right).
+    Any layout of ``spec.LAYOUTS`` with more than one branch, e.g. 'b4s': 4 branches (1 plain + 3 with
+    an SRFDB); 'b2s': 2 branches of two RFDBs, SRFDB on branch 2; 'b2': as 'b2s' without the SRFDB
+    (no split_left / split_right).
     """
     _check(layout in MERGED_LAYOUTS, f"unknown merged layout {layout!r} (expected one of {MERGED_LAYOUTS})")
     w = spec.merged_widths(default_arch(layout, nf=nf, scale=scale))
@@ -140,31 +163,39 @@ class RFDN(_Released):
 
 
 class BranchNet(_Released):
-    """PRFDN branch models before re-parametrization: kind 'b4s', 'b2s' or 'b2' (see the reference doc)."""
+    """PRFDN branch models before re-parametrization: any layout ``kind`` of ``spec.LAYOUTS`` with more
+    than one branch ('b4s', 'b2s', 'b2', ...; see the reference doc).
+
+    Branch b: ``fea_conv{b*D}`` (``fea_conv`` for b = 0) on the image, then ``B2S{b*D}`` for the last S
+    branches, then its D RFDBs ``B{b*D+1} .. B{b*D+D}``; every RFDB output joins the concat before
+    ``c`` (branch-major); branch 0's first features are the global residual.
+    """
 
     def __init__(self, kind: str, nf: int = 50, scale: int = 4):
         super().__init__()
         _check(kind in MERGED_LAYOUTS, f"unknown branch kind {kind!r} (expected one of {MERGED_LAYOUTS})")
         self.kind, self.nf, self.scale = kind, nf, scale
-        self._build(default_arch(kind, nf=nf, scale=scale))
+        arch = default_arch(kind, nf=nf, scale=scale)
+        self._build(arch)
+        n, s, depth = arch.branches, arch.n_srfdb, arch.depth
+        fea = dict(conv_table(arch))["fea"]
+        srfdb = block_prefix("srfdb", kind, depth, False) if s else []
+        stages = [block_prefix(f"stages.{d}", kind, depth, False) for d in range(depth)]
+        # per branch: (first conv, SRFDB or None, [RFDB per stage]), module names
+        self._paths = [(fea[b], srfdb[b - (n - s)] if b >= n - s else None, [st[b] for st in stages])
+                       for b in range(n)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.fea_conv(x)
-        if self.kind == "b4s":
-            branches = [self.B1(f)]
-            for k in (1, 2, 3):
-                g = getattr(self, f"fea_conv{k}")(x)
-                branches.append(getattr(self, f"B{k + 1}")(getattr(self, f"B2S{k}")(g)))
-        else:
-            b1 = self.B1(f)
-            b2 = self.B2(b1)
-            g = self.fea_conv2(x)
-            if self.kind == "b2s":
-                g = self.B2S2(g)
-            b3 = self.B3(g)
-            b4 = self.B4(b3)
-            branches = [b1, b2, b3, b4]
-        out = self.LR_conv(self.c(torch.cat(branches, dim=1))) + f
+        outs, res = [], None
+        for fea, srfdb, stages in self._paths:
+            g = getattr(self, fea)(x)
+            res = g if res is None else res
+            if srfdb is not None:
+                g = getattr(self, srfdb)(g)
+            for name in stages:
+                g = getattr(self, name)(g)
+                outs.append(g)
+        out = self.LR_conv(self.c(torch.cat(outs, dim=1))) + res
         return self.upsampler(out)
 
 
@@ -252,7 +283,7 @@ class WideNet(nn.Module):
 
     Mirrors prfdn-jax's ``WideNet`` and takes its conv names and PER-BRANCH widths
     (``{'fea': (3, nf), 'srfdb.c1_d': ..., 'stages.0.c5': ..., 'c': (N*sum, nc), 'LR_conv': ...,
-    'upsampler': ...}``); ``layout`` is 'b4s', 'b2s', 'b2' or 'rfdn' (N = 4, 2, 2, 1 branches).
+    'upsampler': ...}``); ``layout`` is any of ``spec.LAYOUTS`` ('b4s', 'b2s', 'b2', 'rfdn': N = 4, 2, 2, 1).
     Built so that Torch-Pruning's dependency graph sees every coupling and keeps the branches uniform:
 
     * ``fea``: N separate 3x3 convs on the image (``fea.<b>``); branch 0's output is also the global

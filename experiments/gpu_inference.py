@@ -69,22 +69,23 @@ def program_stats(model, shape, dtype: str) -> dict:
 
 def rewrite_variants(model, size, prof) -> list[dict]:
     """The deployed prfdn-x2 with each rewrite of this backend's set switched, one at a time (JAX only)."""
-    import jax
+    import dataclasses
 
-    from prfdn_jax import deploy as D
+    from prfdn_jax import backends as B
     from prfdn_jax.bench import bench_inference
 
-    kind = "cpu" if jax.default_backend() == "cpu" else "gpu"
-    base = dict(D.REWRITES[kind])
+    kind = B.backend_name()
+    base = B.CHOICES[kind]
+    rw = base.rewrites
     rows = []
-    other = {"pad": 0 if base["pad"] else 8, "mix_kernels": not base["mix_kernels"],
-             "fold_cost": "macs" if base["fold_cost"] == "always" else "always"}
+    other = {"pad": 0 if rw.pad else 8, "mix_kernels": not rw.mix_kernels,
+             "fold_cost": "macs" if rw.fold_cost == "always" else "always"}
     for name, change in [(f"{kind} set", {})] + [(f"{k} {v}", {k: v}) for k, v in other.items()]:
-        D.REWRITES[kind] = {**base, **change}
+        B.CHOICES[kind] = dataclasses.replace(base, rewrites=dataclasses.replace(rw, **change))
         try:
             r = bench_inference(model, size, 1, "float16", "jax", prof["warmup"], prof["runs"])
         finally:
-            D.REWRITES[kind] = base
+            B.CHOICES[kind] = base
         rows.append({"variant": name, "ms": r["jax_ms"], "kernels": r["jax"]["kernels"]})
         print(f"rewrites {name}: {r['jax_ms']:.3f} ms, {r['jax']['kernels']} kernels", flush=True)
     return rows
@@ -136,7 +137,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny sizes and runs: check the script on a CPU")
     args = ap.parse_args(argv)
 
-    from prfdn_jax.impls import configure_xla_flags
+    from prfdn_jax.backends import configure_xla_flags
 
     configure_xla_flags()
     from prfdn_jax import registry

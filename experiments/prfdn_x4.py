@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     p = dict(PROFILES["cpu_smoke" if a.cpu_smoke else "cpu"], smoke=a.cpu_smoke)
     if a.steps is not None:
         p["steps"] = a.steps
-    from prfdn_jax.impls import configure_xla_flags
+    from prfdn_jax.backends import configure_xla_flags
 
     configure_xla_flags()
     shared, run = shared_root(a.shared), Path(a.run)

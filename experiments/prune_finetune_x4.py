@@ -293,7 +293,7 @@ def main(argv=None) -> int:
     for k, v in PROFILES[a.profile].items():
         if getattr(a, k) is None:
             setattr(a, k, v)
-    from prfdn_jax.impls import configure_xla_flags
+    from prfdn_jax.backends import configure_xla_flags
 
     configure_xla_flags()
     res = run(a)

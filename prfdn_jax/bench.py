@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from prfdn_jax.backends import WIDE_IMPLS, backend_name, choices
 from prfdn_jax.extras import require_torch
 from prfdn_jax.networks import build, default_arch, set_impl, with_impl
 
@@ -45,7 +46,7 @@ def bench_paths(layout="b4s", nf=50, size=128, batch=1, repeats=5, impls=None) -
     x = jax.random.uniform(jax.random.key(0), (batch, size, size, 3)) * 255
     y = jax.random.uniform(jax.random.key(1), (batch, 2 * size, 2 * size, 3)) * 255
     rows = []
-    for impl in impls or ("vmap", "grouped", "loop", "dense"):
+    for impl in impls or ("vmap", *WIDE_IMPLS):
         graphdef, state = nnx.split(set_impl(model, impl))
         fwd = jax.jit(lambda s, x, graphdef=graphdef: nnx.merge(graphdef, s)(x))
 
@@ -61,7 +62,7 @@ def bench_paths(layout="b4s", nf=50, size=128, batch=1, repeats=5, impls=None) -
 
 def _device() -> str:
     d = jax.devices()[0]
-    return d.device_kind if d.platform != "cpu" else f"cpu ({jax.local_device_count()} device, XLA CPU)"
+    return d.device_kind if backend_name(d.platform) != "cpu" else f"cpu ({jax.local_device_count()} device, XLA CPU)"
 
 
 def _compiled_network(model: nnx.Module, x: np.ndarray, dtype: str):
@@ -119,9 +120,9 @@ def bench_inference(model: nnx.Module, size=(540, 960), batch: int = 1, dtype: s
 
     Returns ``{'jax': {...}, 'torch': [{mode...}], 'jax_ms', 'torch_ms', 'torch_mode', 'ratio', 'device', ...}``.
     """
-    gpu = jax.default_backend() != "cpu"
-    warmup = (50 if gpu else 2) if warmup is None else warmup
-    runs = (244 if gpu else 5) if runs is None else runs
+    c = choices()
+    warmup = c.bench_warmup if warmup is None else warmup
+    runs = c.bench_runs if runs is None else runs
     h, w = size
     x = np.random.default_rng(0).uniform(0, 255, (batch, h, w, 3)).astype(np.float32)
     out = {"size": f"{h}x{w}", "batch": batch, "dtype": dtype, "warmup": warmup, "runs": runs, "device": _device()}
@@ -221,9 +222,9 @@ def bench_train(layout: str = "b4s", nf: int = 50, scale: int = 2, batch: int = 
 
     if patch % scale:
         raise ValueError(f"patch {patch} is not a multiple of the scale {scale}")
-    gpu = jax.default_backend() != "cpu"
-    warmup = (10 if gpu else 2) if warmup is None else warmup
-    runs = (50 if gpu else 5) if runs is None else runs
+    c = choices()
+    warmup = c.train_warmup if warmup is None else warmup
+    runs = c.train_runs if runs is None else runs
     model = build(default_arch(layout, nf=nf, scale=scale, form="branch"), nnx.Rngs(seed))
     rng = np.random.default_rng(seed)
     hr = rng.integers(0, 256, (batch, patch, patch, 3), dtype=np.uint8)
@@ -234,7 +235,7 @@ def bench_train(layout: str = "b4s", nf: int = 50, scale: int = 2, batch: int = 
            "warmup": warmup, "runs": runs, "device": _device(), "jax_impl": default[0], "jax_dtype": default[1]}
     if backend in ("jax", "both"):
         if impls is None:
-            impls = ("vmap", "grouped", "loop", "dense") if layout != "rfdn" else (default[0],)
+            impls = ("vmap", *WIDE_IMPLS) if layout != "rfdn" else (default[0],)
         combos = [(i, d) for i in impls for d in dtypes]
         if default not in combos:
             combos.append(default)

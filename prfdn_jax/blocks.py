@@ -9,7 +9,9 @@ geometry from :mod:`prfdn_jax.spec`. The same code serves four forms of a networ
   a plain 4-D kernel;
 * wide (re-parametrized): the *same* stacked parameters applied to branch-major activations
   ``(B, H, W, N*C)``; each conv is then one conv over all branches, computed by the apply path set on
-  the conv (:mod:`prfdn_jax.impls`: ``grouped``, ``loop`` or ``dense``; None = the backend's default).
+  the conv (:mod:`prfdn_jax.backends`: ``grouped``, ``loop`` or ``dense``). Networks store a resolved
+  path on every conv when built; a conv left at None (a block used on its own) takes the backend's
+  default while tracing.
 
 Multiply-accumulates are counted while tracing when a :func:`count_macs` context is active.
 """
@@ -26,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from prfdn_jax.impls import WIDE_IMPLS, check_impl, default_impl
+from prfdn_jax.backends import WIDE_IMPLS, check_impl, default_impl
 from prfdn_jax.spec import ESA_CONVS, LRELU_SLOPE, block_steps, geometry
 
 # ----------------------------------------------------------------------------- MAC counting

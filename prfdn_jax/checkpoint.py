@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 from prfdn_jax.fileio import atomic_write
-from prfdn_jax.networks import build_abstract
+from prfdn_jax.networks import build_abstract, set_impl
 from prfdn_jax.spec import Arch, StateDictError
 from prfdn_jax.workdir import load_workdir_model
 
@@ -86,7 +86,7 @@ def model_from_flat(arch: Arch, flat: Mapping[str, np.ndarray]) -> nnx.Module:
     _check_flat(shapes, flat)
     state = jax.tree.map(lambda x: x, abstract)  # fresh variables; the cached ones stay abstract
     nnx.replace_by_pure_dict(state, _nest(flat))
-    return nnx.merge(graphdef, state)
+    return set_impl(nnx.merge(graphdef, state), None)  # the default path resolved now, not the cached one's
 
 
 def write_model_file(path: str | os.PathLike, model: nnx.Module, **meta: str) -> Path:

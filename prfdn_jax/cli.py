@@ -20,9 +20,10 @@ from prfdn_jax import commands_data as D
 from prfdn_jax import commands_export as X
 from prfdn_jax import commands_images as I
 from prfdn_jax import commands_train as T
+from prfdn_jax.backends import configure_xla_flags
 from prfdn_jax.config import STAGES
 from prfdn_jax.extras import MissingExtra
-from prfdn_jax.impls import configure_xla_flags
+from prfdn_jax.spec import LAYOUTS
 
 DTYPE_CHOICES = ("float32", "float16", "bfloat16")
 EXIT_ERROR = 1
@@ -189,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--runs", type=int, help="timed passes (default 244 on GPU, 5 on CPU)")
     b.add_argument("--baseline", action="store_true", help="also time the network as built (before deploy)")
     b.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
-    b.add_argument("--layout", choices=("b4s", "b2s", "b2", "rfdn"), help="paths/train: layout (default b4s)")
+    b.add_argument("--layout", choices=tuple(LAYOUTS), help="paths/train: layout (default b4s)")
     b.add_argument("--nf", type=int, help="paths/train: channels per branch (default 50)")
     b.add_argument("--repeats", type=int, help="paths: timed repeats (default 5)")
     b.add_argument("--data", nargs="+", metavar="SOURCE", help="data: image folders and/or prepared datasets")

@@ -224,7 +224,7 @@ def check_config(c: TrainConfig) -> None:
         raise ConfigError(f"unknown compute_dtype {c.compute_dtype!r}; expected one of {COMPUTE_DTYPES}")
     if not (0.0 <= c.ema_decay < 1.0):
         raise ConfigError(f"ema_decay must be in [0, 1) (0: no EMA), got {c.ema_decay}")
-    from prfdn_jax.impls import check_impl
+    from prfdn_jax.backends import check_impl
 
     try:
         check_impl(c.impl)

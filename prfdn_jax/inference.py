@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from prfdn_jax.backends import choices
 from prfdn_jax.networks import with_impl
 from prfdn_jax.spec import MIN_SIZE
 
@@ -210,7 +211,7 @@ def peak_bytes(arch, h: int, w: int, tile: int = 0, overlap: int = DEFAULT_OVERL
 def device_memory() -> int | None:
     """Bytes of memory of the default device when it is an accelerator (None on the CPU or unknown)."""
     try:
-        if jax.default_backend() == "cpu":
+        if not choices().device_memory:
             return None
         stats = jax.local_devices()[0].memory_stats() or {}
         return int(stats["bytes_limit"]) or None

@@ -22,8 +22,10 @@ Forms:
 * ``merged`` (:class:`MergedNet`): the PRFDN team's dense layout, concat/split as explicit 1x1 convs
   (``split_left``, ``split_right``, ``split``, ``cat_p``), any width per layer (the pruned form).
 
-The apply path (:mod:`prfdn_jax.impls`) is set on a network once, :func:`set_impl` (in place) or
-:func:`with_impl` (a view), never passed per call; None means the backend's measured default.
+The apply path (:mod:`prfdn_jax.backends`) is set on a network once, :func:`set_impl` (in place) or
+:func:`with_impl` (a view), never passed per call. Constructing a network (:func:`build`,
+:func:`build_abstract`, every loader) stores the default resolved then: ``$PRFDN_IMPL`` or the backend's
+measured path (never read while tracing, so a jitted program runs the path of the network it was traced for).
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
+from prfdn_jax.backends import BRANCH_IMPLS, WIDE_IMPLS, check_impl, default_impl
 from prfdn_jax.blocks import RFDB, SRFDB, Conv, act, apply_stacked, branch_slice, cat, pixel_shuffle, stacked
-from prfdn_jax.impls import BRANCH_IMPLS, WIDE_IMPLS, check_impl, default_impl
 from prfdn_jax.spec import LAYOUTS, Arch, check_widths, default_arch, geometry, width_errors
 
 __all__ = ["BranchNet", "WideNet", "RFDN", "MergedNet", "build", "build_abstract", "set_impl", "with_impl",
@@ -51,8 +53,8 @@ class BranchNet(nnx.Module):
 
     ``__call__(x)`` runs the apply path in ``self.impl``: ``vmap`` (the branches as ``jax.vmap`` over
     the stack), ``sequential`` (one branch after another), a wide path (``grouped``, ``loop``,
-    ``dense``), or None: the backend's default (:func:`prfdn_jax.impls.default_impl`). All give the
-    same output.
+    ``dense``); all give the same output. Construction stores the default
+    (:func:`prfdn_jax.backends.default_impl`, resolved then).
     """
 
     def __init__(self, arch: Arch, *, rngs: nnx.Rngs):
@@ -68,13 +70,14 @@ class BranchNet(nnx.Module):
         self.LR_conv = _conv(arch, "LR_conv", rngs)
         self.upsampler = _conv(arch, "upsampler", rngs)
         self.impl: str | None = None
+        set_impl(self, None)  # the default path, resolved now (not while tracing)
 
     @property
     def scale(self) -> int:
         return self.arch.scale
 
     def __call__(self, x):
-        impl = self.impl or default_impl()
+        impl = self.impl
         if impl == "vmap":
             y, res = self._features_vmap(x)
         elif impl == "sequential":
@@ -131,7 +134,7 @@ class WideNet(BranchNet):
     """The re-parametrized network: the branch stacks seen as one wide block of grouped convs.
 
     Same parameters as :class:`BranchNet`; apply paths ``grouped`` / ``loop`` / ``dense`` are exact
-    and interchangeable (the backend's default is the fastest measured, see :mod:`prfdn_jax.impls`).
+    and interchangeable (the backend's default is the fastest measured, see :mod:`prfdn_jax.backends`).
     The form matters for export: a wide network goes to PyTorch as grouped convs.
     """
 
@@ -172,6 +175,7 @@ class MergedNet(nnx.Module):
         self.split = _conv(arch, "split", rngs)
         self.upsampler = _conv(arch, "upsampler", rngs)
         self.impl: str | None = None  # dense convs only: every path is the same
+        set_impl(self, None)
 
     @property
     def scale(self) -> int:
@@ -212,14 +216,14 @@ def build_abstract(arch: Arch) -> nnx.Module:
     return nnx.eval_shape(lambda: _construct(arch, nnx.Rngs(0)))
 
 
-
 def set_impl(model: nnx.Module, impl: str | None) -> nnx.Module:
-    """Set the apply path of ``model`` and all its convs in place (None: the backend's default); returns it.
+    """Set the apply path of ``model`` and all its convs in place; returns it.
 
-    ``vmap`` and ``sequential`` are paths of a branch network as a whole; its convs then see plain
-    per-branch kernels. A wide path is set on every conv.
+    None: the default, resolved now (:func:`prfdn_jax.backends.default_impl`: ``$PRFDN_IMPL``, else the
+    backend's). ``vmap`` and ``sequential`` are paths of a branch network as a whole; its convs then
+    see plain per-branch kernels. A wide path is set on every conv.
     """
-    check_impl(impl)
+    impl = check_impl(impl) or default_impl()
     conv_impl = impl if impl in WIDE_IMPLS else None
     for _, m in nnx.iter_modules(model):
         if isinstance(m, Conv):

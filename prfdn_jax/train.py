@@ -4,7 +4,7 @@ A run is described by a :class:`prfdn_jax.config.TrainConfig` (configs: :mod:`pr
 ``prfdn train CONFIG --workdir W`` is the command line.
 
 The network is trained in the form it is given: a branch or wide net through the backend's default
-wide apply path (``impls.DEFAULT_IMPL``), a merged/pruned net as dense convs (``config.impl`` sets
+wide apply path (``backends.CHOICES``), a merged/pruned net as dense convs (``config.impl`` sets
 another apply path, on a view of the network: the caller's is never changed). Pixels stay in
 [0, 255]; the loss is ``mean|SR - HR| / loss_norm`` (255: the scale Adam is used to), computed in
 float32. ``config.compute_dtype`` (``auto``: bfloat16 on GPU/TPU, float32 on CPU) is the dtype of the

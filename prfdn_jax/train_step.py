@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
+from prfdn_jax.backends import choices, default_impl
 from prfdn_jax.config import COMPUTE_DTYPES, TrainConfig
-from prfdn_jax.impls import default_impl
 
 __all__ = ["COMPUTE_DTYPES", "TrainState", "resolve_dtype", "resolve_impl", "make_schedule", "make_optimizer",
            "make_train_step", "cached_train_step", "ema_init", "init_state"]
@@ -47,16 +47,17 @@ class TrainState:
 
 
 def resolve_dtype(name: str = "auto", backend: str | None = None) -> str:
-    """``'float32'`` or ``'bfloat16'``: ``auto`` is bfloat16 on GPU/TPU, float32 on CPU."""
+    """``'float32'`` or ``'bfloat16'``: ``auto`` is the backend's (``backends.CHOICES``: bfloat16 on GPU/TPU,
+    float32 on CPU)."""
     if name not in COMPUTE_DTYPES:
         raise ValueError(f"unknown compute_dtype {name!r}; expected one of {COMPUTE_DTYPES}")
     if name != "auto":
         return name
-    return "float32" if (backend or jax.default_backend()) == "cpu" else "bfloat16"
+    return choices(backend).compute_dtype
 
 
 def resolve_impl(impl: str | None, backend: str | None = None) -> str:
-    """The apply path a run uses: ``impl``, else the backend's default (``impls.DEFAULT_IMPL``, ``$PRFDN_IMPL``)."""
+    """The apply path a run uses: ``impl``, else the backend's default (``$PRFDN_IMPL``, else ``backends.CHOICES``)."""
     return impl or default_impl(backend)
 
 

@@ -37,8 +37,6 @@ __all__ = ["CONTAINERS", "VideoError", "VideoResult", "is_video", "upscale_video
 CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mkv": "matroska", ".mov": "mov"}  # output suffix -> muxer
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mkv", ".mov", ".webm", ".avi")  # treated as videos by `prfdn upscale`
 DEFAULT_CRF = 18
-DEFAULT_BATCH = {"cpu": 1, "gpu": 4}  # frames per call; measured: 320x240 x2 on the 2-core CPU, batch 1: 8.4
-# frames/s, 2: 7.3, 4: 6.7 (the SR alone)
 
 
 class VideoError(ValueError):
@@ -103,7 +101,7 @@ def upscale_video(apply: Callable, scale: int, src: str | os.PathLike, dst: str 
 
     ``apply``: ``(B, H, W, 3)`` float [0, 255] -> ``(B, sH, sW, 3)`` float (``prfdn_jax.deploy.deploy``).
     ``crf``: x264 quality, 0 (lossless luma) .. 51, lower is better (18: visually lossless).
-    ``batch``: frames per call of ``apply`` (default :data:`DEFAULT_BATCH` of JAX's backend).
+    ``batch``: frames per call of ``apply`` (default: the backend's ``video_batch``, :mod:`prfdn_jax.backends`).
     ``progress(frames_done, total_frames or None, frames_per_second)`` is called after every batch.
     """
     from prfdn_jax.extras import require_module
@@ -113,9 +111,9 @@ def upscale_video(apply: Callable, scale: int, src: str | os.PathLike, dst: str 
 
     av = require_module("av", "video upscaling")
     if batch is None:
-        import jax
+        from prfdn_jax.backends import choices
 
-        batch = DEFAULT_BATCH["cpu" if jax.default_backend() == "cpu" else "gpu"]
+        batch = choices().video_batch
     src, dst = Path(src), Path(dst)
     fmt = CONTAINERS.get(dst.suffix.lower())
     if fmt is None:

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prfdn_jax.impls import configure_xla_flags
+from prfdn_jax.backends import configure_xla_flags
 
 # the same XLA flags `prfdn` sets for its own runs, so in-process and subprocess runs compute alike
 configure_xla_flags()

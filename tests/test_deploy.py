@@ -13,7 +13,7 @@ from prfdn_jax.deploy.run import compile_program
 from prfdn_jax.inference import make_apply
 from prfdn_jax.networks import build
 from prfdn_jax.reparam import wide_to_merged
-from prfdn_jax.spec import default_arch
+from prfdn_jax.spec import branch_layouts, default_arch
 from test_networks import random_branch_arch, random_merged_arch
 
 REWRITES = {
@@ -43,7 +43,7 @@ def _noisy(model, seed):
 def _networks():
     """(name, network) at random widths: freely pruned merged nets, uniformly pruned wide nets, RFDN."""
     nets = []
-    for i, layout in enumerate(("b4s", "b2s", "b2")):
+    for i, layout in enumerate(branch_layouts()):
         nets.append((f"merged-{layout}", build(random_merged_arch(10 + i, layout, 2 + i % 2))))
         wide = build(random_branch_arch(20 + i, layout, 2, form="wide"))
         nets.append((f"wide-{layout}", wide))

@@ -8,10 +8,12 @@ import torch.nn.functional as F
 from conftest import random_image, shared_path
 from helpers_torch import jax_forward, max_rel, torch_forward, torch_module
 from prfdn_jax.blocks import pixel_shuffle
+from prfdn_jax.checkpoint import flat_params
 from prfdn_jax.networks import build
-from prfdn_jax.spec import LAYOUTS, Arch, check_widths, default_arch
+from prfdn_jax.spec import LAYOUTS, Arch, branch_layouts, check_widths, default_arch
 
 IMPLS = ("vmap", "sequential", "grouped", "loop", "dense")
+BRANCH_LAYOUTS = branch_layouts()  # b4s, b2s, b2
 
 
 def _block(rng, p: str, n_in: int, steps: int, cat_p: bool, n_out: int | None = None) -> dict:
@@ -39,7 +41,7 @@ def random_merged_arch(seed: int, layout: str, scale: int) -> Arch:
     rng = np.random.default_rng(seed)
     r = lambda lo=3, hi=10: int(rng.integers(lo, hi))  # noqa: E731
     n, s, _ = LAYOUTS[layout]
-    depth = {"b4s": 1, "b2s": 2, "b2": 2}[layout]
+    depth = LAYOUTS[layout].depth
     w = {"fea": (3 * n, r())}
     f_w = w["fea"][1]
     if s:
@@ -114,7 +116,7 @@ def test_rfdn_matches_torch(nf, n_blocks, scale):
     assert np.abs(out - torch_forward(torch_module(model), x)).max() <= 1e-3
 
 
-@pytest.mark.parametrize("layout", ["b4s", "b2s", "b2"])
+@pytest.mark.parametrize("layout", BRANCH_LAYOUTS)
 @pytest.mark.parametrize("nf", [8, 20])
 def test_branch_nets_match_torch(layout, nf):
     model = build(default_arch(layout, nf=nf, scale=3))
@@ -130,7 +132,7 @@ def test_merged_random_widths_match_torch(layout, scale, seed):
     assert np.abs(jax_forward(model, x) - torch_forward(torch_module(model), x)).max() <= 1e-3
 
 
-@pytest.mark.parametrize("layout", ["rfdn", "b4s", "b2s", "b2"])
+@pytest.mark.parametrize("layout", tuple(LAYOUTS))
 def test_apply_paths_equal_default_widths(layout):
     model = build(default_arch(layout, nf=12, scale=2))
     x = random_image(16, 18)
@@ -139,7 +141,7 @@ def test_apply_paths_equal_default_widths(layout):
         assert max_rel(outs[impl], outs["sequential"]) < 1e-5, impl
 
 
-@pytest.mark.parametrize("layout", ["b4s", "b2s", "b2"])
+@pytest.mark.parametrize("layout", BRANCH_LAYOUTS)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_apply_paths_equal_random_widths(layout, seed):
     model = build(random_branch_arch(seed, layout, 2))
@@ -176,3 +178,40 @@ def test_released_weights_match_torch_on_real_image(name):
                     np.float32)[None]
     ref = torch_module(model)
     assert np.abs(jax_forward(model, lr) - torch_forward(ref, lr)).max() <= 1e-3
+
+
+def test_backend_names_are_normalised_once():
+    from prfdn_jax.backends import CHOICES, backend_name, choices
+
+    assert [backend_name(b) for b in ("cpu", "CPU", "gpu", "cuda", "rocm", "METAL", "tpu")] == \
+        ["cpu", "cpu", "gpu", "gpu", "gpu", "gpu", "tpu"]
+    assert choices() is CHOICES[backend_name()] and choices("cuda") is CHOICES["gpu"]
+    assert choices("cpu").impl in IMPLS and choices("rocm").impl in IMPLS
+
+
+def test_prfdn_impl_is_read_when_a_network_is_built(monkeypatch):
+    """$PRFDN_IMPL is resolved at build / load time and stored on the network: a change between two
+    builds gives each its own path (a jitted program follows its network, not the variable)."""
+    import jax
+
+    from prfdn_jax.backends import choices
+    from prfdn_jax.checkpoint import model_from_flat
+    from prfdn_jax.inference import make_apply
+
+    arch = default_arch("b4s", nf=4, scale=2, form="wide")
+    monkeypatch.setenv("PRFDN_IMPL", "grouped")
+    a = build(arch)
+    monkeypatch.setenv("PRFDN_IMPL", "dense")
+    b = build(arch)
+    c = model_from_flat(arch, flat_params(a))  # loading resolves it too
+    assert (a.impl, b.impl, c.impl) == ("grouped", "dense", "dense")
+    assert a.stages[0].c1_r.impl == "grouped" and b.stages[0].c1_r.impl == "dense"
+    x = random_image(16, 16)
+
+    def grouped(model) -> bool:
+        return "feature_group_count=4" in str(jax.make_jaxpr(lambda x: model(x))(x))
+
+    assert grouped(a) and not grouped(b)  # traced with the variable now "dense": a keeps its path
+    np.testing.assert_allclose(make_apply(a)(x), make_apply(c)(x), rtol=1e-5, atol=1e-3)
+    monkeypatch.delenv("PRFDN_IMPL")
+    assert build(arch).impl == choices().impl  # the backend's measured default

@@ -7,12 +7,14 @@ from conftest import random_image, shared_path
 from helpers_torch import jax_forward, max_rel, torch_forward, torch_module
 from prfdn_jax.checkpoint import load_torch
 from prfdn_jax.networks import WideNet, build
-from prfdn_jax.spec import default_arch
 from prfdn_jax.reparam import branch_from_rfdn, reparam, wide_to_merged
+from prfdn_jax.spec import LAYOUTS, branch_layouts, default_arch
 from test_networks import random_branch_arch
 
+SRFDB_LAYOUTS = tuple(k for k in branch_layouts() if LAYOUTS[k].srfdb)  # b4s, b2s
 
-@pytest.mark.parametrize("layout", ["b4s", "b2s", "b2"])
+
+@pytest.mark.parametrize("layout", branch_layouts())
 def test_reparam_is_exact(layout):
     branch = build(default_arch(layout, nf=10, scale=2))
     wide = reparam(branch)
@@ -23,7 +25,7 @@ def test_reparam_is_exact(layout):
         assert max_rel(jax_forward(wide, x, impl), ref) < 1e-5
 
 
-@pytest.mark.parametrize("layout", ["b4s", "b2s"])
+@pytest.mark.parametrize("layout", SRFDB_LAYOUTS)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_wide_to_merged_is_exact(layout, seed):
     wide = reparam(build(random_branch_arch(seed, layout, 3)))
@@ -54,7 +56,7 @@ def test_released_b4s_reparam_matches(shared):
     assert max_rel(jax_forward(wide, x), jax_forward(branch, x)) <= 1e-4
 
 
-@pytest.mark.parametrize("layout", ["b4s", "b2s", "b2"])
+@pytest.mark.parametrize("layout", branch_layouts())
 def test_branch_from_rfdn_is_a_working_network(layout):
     from PIL import Image
 

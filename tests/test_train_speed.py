@@ -19,7 +19,7 @@ from prfdn_jax import train
 from prfdn_jax.checkpoint import flat_params
 from prfdn_jax.cli import main
 from prfdn_jax.config import ConfigError, load_config
-from prfdn_jax.impls import configure_xla_flags, default_impl
+from prfdn_jax.backends import configure_xla_flags, default_impl
 from prfdn_jax.workdir import load_workdir_model, workdir_manager
 
 from conftest import ROOT, shared_path  # noqa: E402

@@ -14,7 +14,8 @@ other                  same name                        same name (``split``, ``
 =====================  ===============================  ===========================================
 
 Detection (:func:`arch_from_state_dict`) reads only key names and shapes (anything with ``.shape``:
-numpy arrays, torch tensors), so it needs neither torch nor jax.
+numpy arrays, torch tensors), so it needs neither torch nor jax. The layout is the one of
+:data:`~prfdn_jax.spec.LAYOUTS` whose first convs and SRFDB blocks (by this table) are the state dict's.
 """
 
 from __future__ import annotations
@@ -41,6 +42,13 @@ def _digits(xs) -> str:
     return "".join(str(x) for x in xs)
 
 
+def fea_prefixes(branches: int, depth: int, merged: bool) -> list[str]:
+    """Released prefixes of the first conv: one per branch (``fea_conv``, ``fea_conv{b*D}``), or one merged."""
+    if merged:
+        return ["fea_conv" + _digits(range(1, branches + 1))]
+    return ["fea_conv" + (str(b * depth) if b else "") for b in range(branches)]
+
+
 def block_prefix(part: str, arch_layout: str, depth: int, merged: bool) -> list[str]:
     """Released prefixes of block ``part`` (``srfdb`` or ``stages.<d>``): one per branch, or one merged."""
     n, s, _ = LAYOUTS[arch_layout]
@@ -59,8 +67,7 @@ def conv_table(arch: Arch) -> list[tuple[str, list[str]]]:
     for name, _ in arch.widths:
         head, _, rest = name.partition(".")
         if head == "fea":
-            prefixes = (["fea_conv" + _digits(range(1, n + 1))] if merged
-                        else ["fea_conv" + (str(b * depth) if b else "") for b in range(n)])
+            prefixes = fea_prefixes(n, depth, merged)
         elif head == "srfdb":
             prefixes = [f"{p}.{rest}" for p in block_prefix("srfdb", arch.layout, depth, merged)]
         elif head == "stages":
@@ -157,6 +164,26 @@ def _odd_part(arch: Arch, err):
     return None
 
 
+def _detect_layout(keys) -> tuple[str, int, bool]:
+    """``(layout, depth, merged)``: the layout of :data:`LAYOUTS` whose first-conv and SRFDB prefixes
+    (:func:`fea_prefixes`, :func:`block_prefix`) are exactly those of ``keys``, branch form before merged.
+
+    D is the layout's, or for a layout of any depth (RFDN) the number of ``B<i>`` blocks.
+    """
+    heads = {m.group(1) for k in keys if (m := re.match(r"(fea_conv\d*|B2S\d+|B\d+)\.", k))}
+    fea = {h for h in heads if h.startswith("fea_conv")}
+    srfdb = {h for h in heads if h.startswith("B2S")}
+    n_blocks = len(heads - fea - srfdb)
+    for merged in (False, True):
+        for name, lay in LAYOUTS.items():
+            depth = lay.depth or max(n_blocks // (1 if merged else lay.branches), 1)
+            want_srfdb = set(block_prefix("srfdb", name, depth, merged)) if lay.srfdb else set()
+            if set(fea_prefixes(lay.branches, depth, merged)) == fea and want_srfdb == srfdb:
+                return name, depth, merged
+    raise StateDictError(f"unrecognised layout: first convs {sorted(fea)} and SRFDB blocks {sorted(srfdb)} "
+                         f"fit none of {', '.join(LAYOUTS)}")
+
+
 def arch_from_state_dict(sd: Mapping[str, object], form: str | None = None) -> Arch:
     """Recognise the architecture of a released-style state dict from its keys and shapes.
 
@@ -170,24 +197,10 @@ def arch_from_state_dict(sd: Mapping[str, object], form: str | None = None) -> A
         scale = scale_from_upsampler(out_ch)
     except ValueError:
         raise StateDictError(f"'upsampler.0.weight' has {out_ch} outputs, not 3*r*r for an integer r") from None
-    merged = [m.group(1) for k in keys if (m := re.fullmatch(r"fea_conv(\d{2,})\.weight", k))]
-    blocks = sorted({int(m.group(1)) for k in keys if (m := re.match(r"B(\d)\.", k))})
-    has_srfdb = any(k.startswith("B2S") for k in keys)
+    layout, depth, merged = _detect_layout(keys)
     if merged:
-        n = len(merged[0])
-        layout = next((lay for lay, lt in LAYOUTS.items() if lt.branches == n and (lt.srfdb > 0) == has_srfdb), None)
-        if layout is None:
-            raise StateDictError(f"unrecognised merged layout: {n} input copies, SRFDB={has_srfdb}")
-        depth = len({m.group(0) for k in keys if (m := re.match(r"B\d+\.", k))})
         form = "merged"
     else:
-        if "fea_conv1.weight" in keys:
-            layout = "b4s"
-        elif "fea_conv2.weight" in keys:
-            layout = "b2s" if has_srfdb else "b2"
-        else:
-            layout = "rfdn"
-        depth = LAYOUTS[layout].depth or len(blocks)
         form = form or "branch"
         if form not in ("branch", "wide"):
             raise StateDictError(f"a branch checkpoint cannot be read as form {form!r}")

@@ -57,6 +57,7 @@ class Layout(NamedTuple):
     depth: int | None
 
 
+# The one table of layouts: networks, key names, detection, the PyTorch reference and the CLI read it.
 LAYOUTS: dict[str, Layout] = {
     "rfdn": Layout(1, 0, None),  # fea_conv -> B1 -> ... -> Bn: RFDN itself
     "b4s": Layout(4, 3, 1),      # branch 0: B1(fea); branch k: B{k+1}(B2S{k}(fea_conv{k}))
@@ -64,6 +65,39 @@ LAYOUTS: dict[str, Layout] = {
     "b2": Layout(2, 0, 2),       # as b2s without the SRFDB
 }
 FORMS = ("branch", "wide", "merged")
+_BUILTIN = frozenset(LAYOUTS)
+
+
+def register_layout(name: str, layout: Layout) -> Layout:
+    """Add ``layout`` to :data:`LAYOUTS` under ``name`` (the one place a new layout goes); returns it.
+
+    Branches N >= 1, 0 <= S <= N (the last S branches start with an SRFDB), D >= 1 (None: any, only
+    for one branch). ValueError if ``name`` is another layout's or the layout is already known (two
+    names for one layout could not be told apart in a state dict). :func:`unregister_layout` undoes it.
+    """
+    layout = Layout(*layout)
+    n, s, d = layout
+    if n < 1 or not 0 <= s <= n or (d is None and n != 1) or (d is not None and d < 1):
+        raise ValueError(f"bad layout {name!r}: {layout}")
+    if LAYOUTS.get(name, layout) != layout:
+        raise ValueError(f"layout {name!r} is already {LAYOUTS[name]}")
+    same = [k for k, v in LAYOUTS.items() if v == layout and k != name]
+    if same:
+        raise ValueError(f"layout {name!r} is the same as {same[0]!r}")
+    LAYOUTS[name] = layout
+    return layout
+
+
+def unregister_layout(name: str) -> None:
+    """Remove a layout added by :func:`register_layout` (no-op if absent; the built-in ones stay)."""
+    if name in _BUILTIN:
+        raise ValueError(f"layout {name!r} is built in")
+    LAYOUTS.pop(name, None)
+
+
+def branch_layouts() -> tuple[str, ...]:
+    """The layouts with more than one branch (PRFDN's; the others are RFDN), read now from :data:`LAYOUTS`."""
+    return tuple(k for k, lay in LAYOUTS.items() if lay.branches > 1)
 
 
 def scale_from_upsampler(out_channels: int) -> int:

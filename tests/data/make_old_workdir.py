@@ -4,7 +4,7 @@ Run from the repository root: python tests/data/make_old_workdir.py OUT (then co
 OUT/expected_step6.npz here). Kept for the record; the test only reads the files it wrote."""
 import shutil, sys
 
-from prfdn_jax.impls import configure_xla_flags
+from prfdn_jax.backends import configure_xla_flags
 
 configure_xla_flags()  # as prfdn and the tests (conftest) run
 from pathlib import Path
