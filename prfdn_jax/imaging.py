@@ -306,8 +306,9 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray | No
         os.chmod(tmp_name, 0o666 & ~_current_umask())
         os.replace(tmp_name, p)
         tmp_name = None
-    except Exception as e:
-        raise ImageError(f"{p}: could not write image ({_one_line(e)})") from e
+    except Exception as e:  # an OSError names the temporary file: its reason only
+        why = e.strerror if isinstance(e, OSError) and e.strerror else _one_line(e)
+        raise ImageError(f"{p}: could not write image ({why})") from e
     finally:
         if tmp_name is not None:
             with contextlib.suppress(OSError):
