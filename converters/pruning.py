@@ -53,10 +53,10 @@ from torch import nn
 from converters.state_dict import arch_from_state_dict, flat_params_from_state_dict, state_dict_from_flat_params
 from converters.torch_modules import MERGED_LAYOUTS, MergedNet, WideNet
 from prfdn_jax.checkpoint import flat_params, model_from_flat
+from prfdn_jax.config import IMPORTANCES
 from prfdn_jax.foreign import flat_from_wide_state_dict as _read_wide
 from prfdn_jax.spec import Arch, StateDictError, c5_columns, groupcat_perm
 
-IMPORTANCES = ("magnitude", "l1", "l2", "taylor", "random")
 # Element-wise autograd ops the reference networks use; anything else in the traced graph is refused.
 _ELEMENTWISE_OK = re.compile(
     r"^(Add|Mul|Sigmoid|LeakyRelu|Relu|MaxPool2DWithIndices|UpsampleBilinear2D|PixelShuffle)Backward\d*$")

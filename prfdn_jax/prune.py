@@ -27,11 +27,12 @@ from collections.abc import Callable
 from flax import nnx
 
 from prfdn_jax import macs
+from prfdn_jax.config import IMPORTANCES
 from prfdn_jax.extras import require_torch
 from prfdn_jax.reparam import wide_to_merged
 
 __all__ = ["IMPORTANCES", "PruningError", "prune_model", "to_torch", "from_torch", "record"]
-_BRIDGE = ("IMPORTANCES", "PruningError", "to_torch", "from_torch")
+_BRIDGE = ("PruningError", "to_torch", "from_torch")
 
 
 def __getattr__(name: str):

@@ -1,20 +1,44 @@
-"""The training commands of ``prfdn``: prune (with finetuning between steps), train, pipeline.
+"""``prfdn prune``: a wide/merged network pruned with Torch-Pruning, optionally finetuned between steps.
 
-Every option is checked before the slow part starts (pruning, compiling a training step); the shared
-helpers are in :mod:`prfdn_jax.commands`.
+Every option is checked before the slow part starts (pruning, compiling a training step).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from prfdn_jax.commands import CLIError, check_model_dst, check_writable, eval_set
+from prfdn_jax.commands.common import CLIError, check_model_dst, eval_set
+from prfdn_jax.config import IMPORTANCES
 from prfdn_jax.extras import require_torch
 
-DEFAULT_FINETUNE_CONFIG = "experiments.smoke_x2"
+HELP = "prune a wide/merged network with Torch-Pruning (needs the torch extra)"
+DEFAULT_FINETUNE_CONFIG = "prfdn_jax.configs.smoke_x2"
 
 
-# ----------------------------------------------------------------------------- prune
+def add_arguments(q) -> None:
+    q.add_argument("src", metavar="SRC", help="network to prune (.pth, .safetensors or a training workdir)")
+    q.add_argument("dst", metavar="DST", help="output model file (.safetensors)")
+    q.add_argument("--ratio", type=float, required=True, help="channel pruning ratio, between 0 and 1 exclusive")
+    q.add_argument("--steps", type=int, default=1, help="iterative pruning steps (default 1)")
+    q.add_argument("--uniform", action="store_true",
+                   help="keep every branch the same width: the result stays a wide (grouped) network "
+                        "(default for a branch/wide input)")
+    q.add_argument("--free", action="store_true",
+                   help="any width per layer: merge into the dense layout first, then prune "
+                        "(default for a merged input; merging multiplies a wide net's parameters by ~N)")
+    q.add_argument("--importance", default="magnitude", choices=IMPORTANCES,
+                   help="how channels are ranked for removal (Torch-Pruning importance; default magnitude; "
+                        "taylor needs gradients)")
+    q.add_argument("--finetune-steps", type=int, default=0, metavar="N",
+                   help="training steps after each pruning step to recover quality (needs --data; default 0)")
+    q.add_argument("--data", nargs="+", metavar="DIR", help="training images for finetuning")
+    q.add_argument("--config", metavar="CONFIG",
+                   help="training config for finetuning (file.py[:function] or a packaged config); default: the "
+                        f"packaged smoke config ({DEFAULT_FINETUNE_CONFIG}) with the network's scale and a 24*scale "
+                        "px patch")
+    q.add_argument("--val", metavar="DIR", help="validation folder with HR/ (PSNR per step)")
+
+
 def _check_training_folders(dirs: list[str], patch: int) -> None:
     """Every folder exists and holds images; at least one image is ``patch`` pixels or more (headers only)."""
     from PIL import Image
@@ -62,7 +86,7 @@ def _finetune_config(args, scale: int):
     return config
 
 
-def cmd_prune(args) -> int:
+def run(args) -> int:
     require_torch("prfdn prune", pruning=True)
     from prfdn_jax.checkpoint import load_any, save_model
     from prfdn_jax.evaluate import evaluate
@@ -115,110 +139,4 @@ def cmd_prune(args) -> int:
         print("note: pruned without finetuning (no --finetune-steps/--data): quality is not recovered")
     save_model(args.dst, pruned)
     print(f"wrote {args.dst} ({pruned.arch.form})")
-    return 0
-
-
-# ----------------------------------------------------------------------------- train / pipeline
-def _type_error(value, hint) -> str | None:
-    """What ``value`` should be for the type ``hint`` (None: it is that)."""
-    import types
-    import typing
-
-    origin, targs = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in targs:
-            return None
-        errs = [_type_error(value, t) for t in targs if t is not type(None)]
-        return None if None in errs else " or ".join(errs) + (" or None" if type(None) in targs else "")
-    if hint is bool:
-        return None if isinstance(value, bool) else "True or False"
-    if hint is int:
-        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
-    if hint is float:
-        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "a number"
-    if hint is str:
-        return None if isinstance(value, str) else "a string"
-    if hint is tuple or origin is tuple:
-        if not isinstance(value, tuple):
-            return "a tuple"
-        if targs and targs[-1] is Ellipsis:
-            bad = [_type_error(v, targs[0]) for v in value]
-            return next((f"a tuple of items each {b}" for b in bad if b), None)
-        return None
-    return None
-
-
-def set_overrides(config, assignments: list[str]):
-    """``--set KEY=VALUE ...`` applied to ``config``, every value checked against its field's type."""
-    import dataclasses
-    import typing
-
-    from prfdn_jax.config import override
-
-    new = override(config, assignments)
-    hints = typing.get_type_hints(type(config))
-    fixed = {}
-    for a in assignments:
-        key = a.partition("=")[0]
-        value, hint = getattr(new, key), hints.get(key)
-        if isinstance(value, str) and (hint is tuple or typing.get_origin(hint) is tuple):
-            value = fixed[key] = (value,)  # one folder: data_dirs=/x
-        want = _type_error(value, hint)
-        if want:
-            raise CLIError(f"bad --set {a!r}: {key} must be {want}, got {value!r}")
-        if hint is float and isinstance(value, int):
-            fixed[key] = float(value)
-    return dataclasses.replace(new, **fixed) if fixed else new
-
-
-def check_run_folders(args) -> None:
-    """--workdir can be a folder; every --data / --val folder exists (before the config's network is built)."""
-    wd = Path(args.workdir)
-    if wd.exists() and not wd.is_dir():
-        raise CLIError(f"--workdir {wd}: exists and is not a folder")
-    if not wd.exists():
-        check_writable(wd, "workdir", folder=True)
-    for opt, dirs in (("--data", args.data), ("--val", args.val)):
-        for d in dirs or ():
-            prepared = opt == "--data" and Path(d).suffix == ".array_record"  # prfdn prepare's output file
-            if not (Path(d).is_dir() or (prepared and Path(d).is_file())):
-                raise CLIError(f"{opt} {d}: no such {'file' if prepared else 'folder'}")
-
-
-def cmd_train(args) -> int:
-    from prfdn_jax.config import ConfigError, TrainConfig, load_config
-    from prfdn_jax.train import train
-
-    config = load_config(args.config)
-    if not isinstance(config, TrainConfig):
-        stages = getattr(config, "train_stages", ())
-        if args.stage not in stages:
-            raise ConfigError(f"{args.config} is a pipeline config: pass --stage {{{','.join(stages)}}}")
-        config = getattr(config, args.stage)
-    elif args.stage:
-        raise CLIError(f"--stage is for pipeline configs; {args.config} is a training config")
-    if args.set:
-        config = set_overrides(config, args.set)
-    if args.steps is not None and args.steps < 0:
-        raise CLIError(f"--steps must be >= 0, got {args.steps}")
-    if args.init:
-        if not Path(args.init).exists():
-            raise CLIError(f"--init {args.init}: no such file or directory")
-        config = config.replace(init_weights=args.init)
-    check_run_folders(args)
-    train(config, args.workdir, data_dirs=args.data, steps=args.steps, val_dirs=args.val)
-    return 0
-
-
-def cmd_pipeline(args) -> int:
-    from prfdn_jax.config import ConfigError, PipelineConfig, load_config
-    from prfdn_jax.pipeline import run_pipeline
-
-    config = load_config(args.config)
-    if not isinstance(config, PipelineConfig):
-        raise ConfigError(f"{args.config}: not a pipeline config (use prfdn train for a TrainConfig)")
-    if args.stages:
-        config = config.replace(stages=tuple(args.stages))
-    check_run_folders(args)
-    run_pipeline(config, args.data, args.workdir, val_dirs=args.val)
     return 0
