@@ -52,10 +52,10 @@ from torch import nn
 
 from converters.state_dict import arrays, torch_state_dict
 from converters.torch_modules import MERGED_LAYOUTS, MergedNet, WideNet
+from prfdn_jax.config import IMPORTANCES
 from prfdn_jax.spec import Arch, StateDictError, arch_from_state_dict
 from prfdn_jax.state_dict import flat_from_wide_state_dict, flat_params_from_state_dict
 
-IMPORTANCES = ("magnitude", "l1", "l2", "taylor", "random")
 # Element-wise autograd ops the reference networks use; anything else in the traced graph is refused.
 _ELEMENTWISE_OK = re.compile(
     r"^(Add|Mul|Sigmoid|LeakyRelu|Relu|MaxPool2DWithIndices|UpsampleBilinear2D|PixelShuffle)Backward\d*$")

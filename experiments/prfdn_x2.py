@@ -1,18 +1,4 @@
-"""PRFDN x2 recipe (NTIRE 2023 RTSR track 1): RFDN -> B4S branch net -> reparam -> pruning.
+"""The x2 recipe by path (``prfdn pipeline experiments/prfdn_x2.py[:tiny] ...``): it is packaged as
+:mod:`prfdn_jax.configs.prfdn_x2` (``prfdn pipeline prfdn_jax.configs.prfdn_x2``, from any folder)."""
 
-Pruning: ratio 0.88 of the merged channels keeps ~1.4 % of its 2.2 M parameters; the release has 29,851. The stages are in experiments/prfdn_recipe.py.
-
-    prfdn pipeline experiments/prfdn_x2.py --data <HR dirs> --workdir runs/prfdn_x2
-    prfdn pipeline experiments/prfdn_x2.py:tiny ...     # CPU smoke (seconds per stage)
-"""
-
-from experiments.prfdn_recipe import recipe, shrink
-from prfdn_jax.config import PipelineConfig
-
-
-def get_config() -> PipelineConfig:
-    return recipe(scale=2, layout="b4s", prune_ratio=0.88)
-
-
-def tiny() -> PipelineConfig:
-    return shrink(get_config())
+from prfdn_jax.configs.prfdn_x2 import get_config, tiny  # noqa: F401

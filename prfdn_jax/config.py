@@ -2,7 +2,8 @@
 
 A config is a Python module with ``get_config()`` returning one of them (or a dict of its fields);
 ``path.py:fn`` picks another function (e.g. ``experiments/prfdn_x2.py:tiny``). :func:`load_config`
-takes a module, a module name (``experiments.smoke_x2``), a ``.py`` file, a dict or a config.
+takes a ``.py`` file, a packaged config (``prfdn_jax.configs.smoke_x2``, see :mod:`prfdn_jax.configs`),
+a module, a dict or a config. :func:`override` applies ``--set KEY=VALUE`` checked against the field types.
 
 Resuming a workdir with another config (:func:`config_changes`, :func:`check_resume`): the network
 (:data:`NETWORK_FIELDS`) and the data-loader layout (:data:`LOADER_FIELDS`) are fixed by its
@@ -19,6 +20,9 @@ import importlib.util
 import json
 import math
 import os
+import pkgutil
+import types
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,8 @@ from typing import Any
 SCHEDULES = ("constant", "cosine", "multistep")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")  # auto: bfloat16 on GPU/TPU, float32 on CPU
 STAGES = ("rfdn", "branch", "reparam", "prune")
+IMPORTANCES = ("magnitude", "l1", "l2", "taylor", "random")  # prune_importance (Torch-Pruning's rankings)
+PACKAGED = "prfdn_jax.configs"  # the only module names load_config imports
 
 
 class ConfigError(ValueError):
@@ -135,36 +141,22 @@ def _from_dict(d: dict):
 
 
 def load_config(path_or_module) -> Any:
-    """The config of a module, module name or ``.py`` file (``:fn`` picks a function, default ``get_config``).
+    """The config of a ``.py`` file, a packaged config (``prfdn_jax.configs.NAME``) or a module object
+    (``:fn`` picks a function, default ``get_config``).
 
     Returns a :class:`TrainConfig` or a :class:`PipelineConfig` (a dict ``get_config`` returned is converted).
+    Other module names are refused: a config is code, run only from a file given or from this package.
     """
     if dataclasses.is_dataclass(path_or_module) and not isinstance(path_or_module, type):
         return path_or_module
     if isinstance(path_or_module, dict):
         return _from_dict(path_or_module)
-    fn_name = "get_config"
+    fn_name, module = "get_config", path_or_module
     if isinstance(path_or_module, (str, os.PathLike)):
         spec = str(path_or_module)
         if ":" in spec and not os.path.exists(spec):
             spec, fn_name = spec.rsplit(":", 1)
-        if spec.endswith(".py") or os.path.sep in spec or os.path.exists(spec):
-            p = Path(spec)
-            if not p.is_file():
-                raise ConfigError(f"{p}: no such config file")
-            modspec = importlib.util.spec_from_file_location(f"_prfdn_config_{p.stem}", p)
-            module = importlib.util.module_from_spec(modspec)
-            try:
-                modspec.loader.exec_module(module)
-            except Exception as e:
-                raise ConfigError(f"{p}: config failed to load ({type(e).__name__}: {e})") from None
-        else:
-            try:
-                module = importlib.import_module(spec)
-            except ImportError as e:
-                raise ConfigError(f"{spec}: cannot import config module ({e})") from None
-    else:
-        module = path_or_module
+        module = _config_module(spec)
     fn = getattr(module, fn_name, None)
     if not callable(fn):
         raise ConfigError(f"{getattr(module, '__name__', module)}: no function {fn_name}()")
@@ -176,21 +168,92 @@ def load_config(path_or_module) -> Any:
     return _from_dict(cfg) if isinstance(cfg, dict) else cfg
 
 
+def packaged_configs() -> tuple[str, ...]:
+    """The names ``NAME`` of the packaged configs ``prfdn_jax.configs.NAME``."""
+    import prfdn_jax.configs
+
+    return tuple(sorted(m.name for m in pkgutil.iter_modules(prfdn_jax.configs.__path__)
+                        if not m.name.startswith("_")))
+
+
+def _config_module(spec: str):
+    """The module of a config file (``.py``, a path) or of a packaged config name."""
+    if spec.endswith(".py") or os.path.sep in spec or os.path.exists(spec):
+        p = Path(spec)
+        if not p.is_file():
+            raise ConfigError(f"{p}: no such config file")
+        modspec = importlib.util.spec_from_file_location(f"_prfdn_config_{p.stem}", p)
+        module = importlib.util.module_from_spec(modspec)
+        try:
+            modspec.loader.exec_module(module)
+        except Exception as e:
+            raise ConfigError(f"{p}: config failed to load ({type(e).__name__}: {e})") from None
+        return module
+    known, name = packaged_configs(), spec.removeprefix(f"{PACKAGED}.")
+    if name == spec or name not in known:
+        raise ConfigError(f"{spec}: not a config file or a packaged config ({PACKAGED}.NAME; packaged: "
+                          f"{', '.join(known)})")
+    try:
+        return importlib.import_module(spec)
+    except Exception as e:
+        raise ConfigError(f"{spec}: config failed to load ({type(e).__name__}: {e})") from None
+
+
 def override(config, assignments: Sequence[str]):
-    """``['lr=1e-4', 'patch=64']`` applied to a dataclass config (values parsed as Python literals)."""
-    kw = {}
+    """``['lr=1e-4', 'patch=64']`` (``--set``) applied to a dataclass config.
+
+    Each value is parsed as a Python literal (else kept as a string) and checked against its field's
+    type: one folder ``data_dirs=/x`` becomes a 1-tuple, an integer for a float field a float; anything
+    else that does not fit is a one-line :class:`ConfigError` naming the field. Ranges are
+    :func:`check_config`'s.
+    """
     names = {f.name for f in dataclasses.fields(config)}
+    hints = typing.get_type_hints(type(config))
+    kw = {}
     for a in assignments:
-        key, sep, val = a.partition("=")
+        key, sep, text = a.partition("=")
         if not sep or key not in names:
             raise ConfigError(f"bad --set {a!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(names))}")
         try:
-            kw[key] = ast.literal_eval(val)
-        except (ValueError, SyntaxError):
-            kw[key] = val
-        if isinstance(kw[key], list):
-            kw[key] = tuple(kw[key])
+            value = ast.literal_eval(text)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            value = text
+        hint = hints.get(key)
+        if isinstance(value, list):
+            value = tuple(value)
+        elif isinstance(value, str) and (hint is tuple or typing.get_origin(hint) is tuple):
+            value = (value,)  # one folder: data_dirs=/x
+        want = _type_error(value, hint)
+        if want:
+            raise ConfigError(f"bad --set {a!r}: {key} must be {want}, got {value!r}")
+        kw[key] = float(value) if hint is float and isinstance(value, int) else value
     return dataclasses.replace(config, **kw)
+
+
+def _type_error(value, hint) -> str | None:
+    """What ``value`` should be for the type ``hint`` (None: it is that)."""
+    origin, targs = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in targs:
+            return None
+        errs = [_type_error(value, t) for t in targs if t is not type(None)]
+        return None if None in errs else " or ".join(errs) + (" or None" if type(None) in targs else "")
+    if hint is bool:
+        return None if isinstance(value, bool) else "True or False"
+    if hint is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if hint is float:
+        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "a number"
+    if hint is str:
+        return None if isinstance(value, str) else "a string"
+    if hint is tuple or origin is tuple:
+        if not isinstance(value, tuple):
+            return "a tuple"
+        if targs and targs[-1] is Ellipsis:
+            bad = [_type_error(v, targs[0]) for v in value]
+            return next((f"a tuple of items each {b}" for b in bad if b), None)
+        return None
+    return None
 
 
 def train_config(config, steps: int | None = None, data_dirs=None, val_dirs=None) -> TrainConfig:
@@ -230,9 +293,9 @@ def check_config(c: TrainConfig) -> None:
         check_impl(c.impl)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    for k in ("log_every", "ckpt_every", "val_every", "keep"):
-        if getattr(c, k) < 1:
-            raise ConfigError(f"{k} must be >= 1, got {getattr(c, k)}")
+    for k, low in (("log_every", 1), ("ckpt_every", 1), ("val_every", 1), ("keep", 1), ("seed", 0), ("workers", 0)):
+        if getattr(c, k) < low:
+            raise ConfigError(f"{k} must be >= {low}, got {getattr(c, k)}")
     from prfdn_jax import data as data_lib  # imports grain (~1 s): not for `prfdn --help`
 
     try:

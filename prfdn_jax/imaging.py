@@ -294,8 +294,9 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray | No
     try:
         with atomic_write(p) as tmp, open(tmp, "wb") as f:
             pil.save(f, format=fmt, **save_kwargs)
-    except Exception as e:
-        raise ImageError(f"{p}: could not write image ({_one_line(e)})") from e
+    except Exception as e:  # an OSError names the temporary file: its reason only
+        why = e.strerror if isinstance(e, OSError) and e.strerror else _one_line(e)
+        raise ImageError(f"{p}: could not write image ({why})") from e
     return p
 
 

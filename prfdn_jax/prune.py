@@ -28,11 +28,12 @@ from flax import nnx
 
 from prfdn_jax import macs
 from prfdn_jax.checkpoint import flat_params, model_from_flat
+from prfdn_jax.config import IMPORTANCES
 from prfdn_jax.extras import require_torch
 from prfdn_jax.reparam import wide_to_merged
 
 __all__ = ["IMPORTANCES", "PruningError", "prune_model", "to_torch", "from_torch", "record"]
-_BRIDGE = ("IMPORTANCES", "PruningError")
+_BRIDGE = ("PruningError",)
 
 
 def __getattr__(name: str):

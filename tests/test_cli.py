@@ -31,6 +31,32 @@ def assert_one_line_error(code, err, *fragments):
         assert f in lines[0], lines[0]
 
 
+# ----------------------------------------------------------------------------- the parser
+def test_the_parser_is_built_from_the_command_modules(capsys):
+    """One module per command in prfdn_jax/commands/, each with HELP, add_arguments and run; all in --help."""
+    from prfdn_jax import cli
+
+    found = {p.stem for p in (ROOT / "prfdn_jax" / "commands").glob("*.py")} - {"__init__", "common"}
+    assert found == set(cli.COMMANDS)
+    for name in cli.COMMANDS:
+        m = cli.command_module(name)
+        assert callable(m.add_arguments) and callable(m.run) and m.HELP and "\n" not in m.HELP, name
+    code, out, _ = run(["--help"], capsys)
+    at = [out.find(f"\n    {name} ") for name in cli.COMMANDS]
+    assert code == 0 and min(at) > 0 and at == sorted(at), out  # every command, in COMMANDS order
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a.choices, dict))
+    assert all(sub.choices[name].get_default("func") is cli.command_module(name).run for name in cli.COMMANDS)
+
+
+def test_help_imports_no_heavy_module():
+    """`prfdn --help` and `prfdn train --help` build the parser without flax, grain or torch (fast)."""
+    for argv in (["--help"], ["train", "--help"], ["models", "--help"]):
+        code = ("import sys; from prfdn_jax.cli import main; rc = main(sys.argv[1:]); "
+                "print(sorted(m for m in ('flax', 'grain', 'torch') if m in sys.modules))")
+        p = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0 and p.stdout.strip().splitlines()[-1] == "[]", (argv, p.stdout[-300:], p.stderr)
+
+
 # ----------------------------------------------------------------------------- reference figures
 @pytest.mark.slow
 @pytest.mark.parametrize("model,scale,dataset,psnr_y", [

@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, shared_path
-from prfdn_jax import commands, commands_images, commands_train, inference, registry
+from prfdn_jax import inference, registry
 from prfdn_jax.cli import build_parser, main
+from prfdn_jax.commands import common, upscale
 
 BUTTERFLY = ROOT / "examples" / "butterfly_lr.png"
 
@@ -46,7 +47,7 @@ def no_model(monkeypatch):
     """Fail if a command gets as far as loading a network (its input checks must come first)."""
     def refuse(*a, **k):
         raise AssertionError("the model was loaded before the options were checked")
-    monkeypatch.setattr(commands_images, "resolve_model", refuse)
+    monkeypatch.setattr(upscale, "resolve_model", refuse)
 
 
 # ----------------------------------------------------------------------------- 1. automatic tiles
@@ -134,7 +135,7 @@ def test_tile_progress_bar_only_for_many_tiles(monkeypatch):
 
     term = Terminal()
     monkeypatch.setattr(sys, "stderr", term)
-    bar = commands_images._TileBar("x")
+    bar = upscale._TileBar("x")
     bar(4, 8)
     assert bar.bar is None  # 8 tiles: no bar
     bar(4, 20)
@@ -179,7 +180,7 @@ def test_prune_checks_every_option_before_pruning(tmp_path, tiny_x3, capsys, mon
         code, _, err = run(base + extra, capsys)
         assert_one_line_error(code, err, msg)
     code, _, err = run(["prune", registry.info("rfdn-x4").path, dst, "--ratio", 0.5, "--finetune-steps", 1, "--data",
-                        tmp_path / "small", "--config", "experiments.smoke_x2"], capsys)
+                        tmp_path / "small", "--config", "prfdn_jax.configs.smoke_x2"], capsys)
     assert_one_line_error(code, err, "LR patch 12 is below 15", "x4")  # a given config is not adapted
     code, _, err = run(base[:2] + [tmp_path / "p.pth", "--ratio", 0.5], capsys)
     assert_one_line_error(code, err, "use a .safetensors name")
@@ -242,16 +243,37 @@ def test_reparam_output_format_from_extension(name, msg, tmp_path, capsys):
                                      ("milestones=0.5", "milestones must be a tuple"),
                                      ("impl=3", "impl must be a string or None")])
 def test_train_set_values_checked_against_field_types(kv, msg, tmp_path, capsys):
-    code, _, err = run(["train", "experiments.smoke_x2", "--workdir", tmp_path / "w", "--set", kv], capsys)
+    code, _, err = run(["train", "prfdn_jax.configs.smoke_x2", "--workdir", tmp_path / "w", "--set", kv], capsys)
     assert_one_line_error(code, err, f"bad --set '{kv}'", msg)
     assert not (tmp_path / "w").exists()
 
 
 def test_set_values_that_fit_are_converted():
-    from prfdn_jax.config import load_config
+    from prfdn_jax.config import load_config, override
 
-    c = commands_train.set_overrides(load_config("experiments.smoke_x2"), ["lr=1", "data_dirs=/x", "impl=None"])
+    c = override(load_config("prfdn_jax.configs.smoke_x2"), ["lr=1", "data_dirs=/x", "impl=None", "milestones=[0.5]"])
     assert c.lr == 1.0 and isinstance(c.lr, float) and c.data_dirs == ("/x",) and c.impl is None
+    assert c.milestones == (0.5,)
+
+
+@pytest.mark.parametrize("kv, msg", [("seed=-1", "seed must be >= 0, got -1"),
+                                     ("workers=-1", "workers must be >= 0, got -1")])
+def test_train_set_values_checked_against_field_ranges(kv, msg, tmp_path, capsys):
+    code, _, err = run(["train", "prfdn_jax.configs.smoke_x2", "--workdir", tmp_path / "w", "--set", kv], capsys)
+    assert_one_line_error(code, err, msg)
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("name", ["this", "os.path", "experiments.smoke_x2", "prfdn_jax.configs._recipe",
+                                  "prfdn_jax.configs.nope", "prfdn_jax.cli:main"])
+def test_train_config_is_a_file_or_a_packaged_config(name, tmp_path, capsys):
+    """A config name that is not a file is looked up in prfdn_jax.configs only: no other module is imported."""
+    before = set(sys.modules)
+    code, _, err = run(["train", name, "--workdir", tmp_path / "w"], capsys)
+    assert_one_line_error(code, err, f"{name.split(':')[0]}: not a config file or a packaged config "
+                                     "(prfdn_jax.configs.NAME; packaged: ")
+    assert "smoke_x2" in err and "_recipe" not in err.split("packaged: ")[1]
+    assert "this" not in set(sys.modules) - before  # `import this` prints the Zen of Python
 
 
 @pytest.mark.parametrize("argv, msg", [
@@ -264,11 +286,11 @@ def test_set_values_that_fit_are_converted():
     (["bench", "--nf", "8", "--backend", "jax"], "--nf: an option of `prfdn bench paths` only"),
     (["bench", "paths", "--repeats", "0"], "--repeats must be >= 1"),
     (["bench", "--backend", "jax", "--torch-modes", "eager"], "--torch-modes needs --backend torch or both"),
-    (["train", "experiments.smoke_x2", "--workdir", "{tmp}/w", "--stage", "rfdn"], "--stage is for pipeline configs"),
-    (["train", "experiments.smoke_x2", "--workdir", "{tmp}/w", "--init", "{tmp}/nope.pth"], "--init"),
-    (["train", "experiments.smoke_x2", "--workdir", str(ROOT / "README.md")], "exists and is not a folder"),
-    (["train", "experiments.smoke_x2", "--workdir", "{tmp}/w", "--val", "{tmp}/nope"], "--val"),
-    (["pipeline", "experiments.prfdn_x2", "--workdir", str(ROOT / "README.md")], "exists and is not a folder"),
+    (["train", "prfdn_jax.configs.smoke_x2", "--workdir", "{tmp}/w", "--stage", "rfdn"], "--stage is for pipeline configs"),
+    (["train", "prfdn_jax.configs.smoke_x2", "--workdir", "{tmp}/w", "--init", "{tmp}/nope.pth"], "--init"),
+    (["train", "prfdn_jax.configs.smoke_x2", "--workdir", str(ROOT / "README.md")], "exists and is not a folder"),
+    (["train", "prfdn_jax.configs.smoke_x2", "--workdir", "{tmp}/w", "--val", "{tmp}/nope"], "--val"),
+    (["pipeline", "prfdn_jax.configs.prfdn_x2", "--workdir", str(ROOT / "README.md")], "exists and is not a folder"),
 ])
 def test_every_option_is_one_line(argv, msg, tmp_path, capsys):
     code, _, err = run([a.format(tmp=tmp_path) if isinstance(a, str) else a for a in argv], capsys)
@@ -307,17 +329,25 @@ def test_unwritable_output_found_before_the_network_runs(tmp_path, capsys, no_mo
 # ----------------------------------------------------------------------------- 8. messages
 def test_one_line_messages_are_clean():
     esc = "\x1b[1mdo those steps only if you trust the source\x1b[0m"
-    assert "\x1b" not in commands.clean_message(f"a.pth: failed ({esc})")
-    assert commands.one_line(EOFError()) == "truncated or empty file"
-    assert commands.clean_message("w.pth: not a loadable PyTorch state dict (EOFError)").endswith(
+    assert "\x1b" not in common.clean_message(f"a.pth: failed ({esc})")
+    assert common.one_line(EOFError()) == "truncated or empty file"
+    assert common.clean_message("w.pth: not a loadable PyTorch state dict (EOFError)").endswith(
         "(truncated or empty file)")
-    assert commands.clean_message("w.pth: not a loadable PyTorch state dict (101)").endswith(
+    assert common.clean_message("w.pth: not a loadable PyTorch state dict (101)").endswith(
         "(corrupt or truncated file)")
-    assert commands.one_line(KeyError(101)) == "KeyError (101)"
-    msg = commands.one_line(OSError(28, "No space left on device", "/out/.x.png.a1b2c3d4.tmp"))
-    assert ".tmp" not in msg and "/out/x.png" in msg
-    msg = commands.clean_message("cannot write /tmp/prfdn_finetune_k2j3h4/checkpoints/2 (disk full)")
-    assert "prfdn_finetune_" not in msg and "temporary finetuning folder" in msg
+    assert common.one_line(KeyError(101)) == "KeyError (101)"
+
+
+def test_a_failed_image_write_names_the_output_not_its_temporary_file(tmp_path, capsys, monkeypatch):
+    import os
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device", str(tmp_path / ".o.png.a1b2c3d4.tmp"))
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    code, _, err = run(["upscale", BUTTERFLY, "-o", tmp_path / "o.png"], capsys)
+    assert_one_line_error(code, err, f"{tmp_path / 'o.png'}: could not write image (No space left on device)")
+    assert ".tmp" not in err and list(tmp_path.iterdir()) == []
 
 
 def test_torch_weights_only_refusal_is_plain(tmp_path, capsys):

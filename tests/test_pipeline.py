@@ -84,6 +84,7 @@ def test_x3_config_is_a_b2s_recipe():
     assert c.rfdn.init_weights.endswith("rfdn_aim_x4.pth") and not c.rfdn.init_strict
     t = load_config(str(ROOT / "experiments" / "prfdn_x3.py") + ":tiny")
     assert t.rfdn.nf == 8 and t.eval_crop % 3 == 0
+    assert load_config("prfdn_jax.configs.prfdn_x3") == c and load_config("prfdn_jax.configs.prfdn_x3:tiny") == t
 
 
 @pytest.mark.parametrize("argv, msg", [

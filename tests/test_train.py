@@ -314,8 +314,8 @@ def test_load_config_variants():
     import importlib
 
     cfg = load_config(SMOKE)
-    assert load_config("experiments.smoke_x2") == cfg
-    assert load_config(importlib.import_module("experiments.smoke_x2")) == cfg
+    assert load_config("prfdn_jax.configs.smoke_x2") == cfg
+    assert load_config(importlib.import_module("prfdn_jax.configs.smoke_x2")) == cfg
     assert load_config(cfg.to_dict()) == cfg
     p = load_config(str(ROOT / "experiments" / "prfdn_x2.py") + ":tiny")
     assert p.branch.nf == 8 and p.layout == "b4s"

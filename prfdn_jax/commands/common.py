@@ -1,25 +1,21 @@
-"""The bodies of the ``prfdn`` commands; :mod:`prfdn_jax.cli` parses the command line and reports errors.
+"""What the ``prfdn`` commands share: the one-line error and its message, the model and memory options,
+output and folder checks, automatic tiles, option parsing.
 
-Each ``cmd_*(args)`` takes the parsed arguments and returns an exit status; bad input raises
-:class:`CLIError` (or another one-line error the CLI reports). Every option is checked before any
-slow work starts. Heavy modules are imported by the command that needs them, so ``prfdn --help`` and
-``prfdn models`` start fast. This module: the shared helpers, reparam and bench;
-:mod:`prfdn_jax.commands_images`: upscale, eval, models; :mod:`prfdn_jax.commands_train`: prune, train,
-pipeline.
+Light on purpose (imported when the parser is built): heavy modules are imported inside the helpers.
+A command imports the owner of a vocabulary (``choices``) inside its ``add_arguments`` when the owner
+is heavy: :mod:`prfdn_jax.cli` adds the options of the command being run only.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
 from pathlib import Path
 
-from prfdn_jax.extras import require_torch
-
 EXIT_ERROR = 1
 MODEL_SUFFIX = ".safetensors"
+SCALES = (2, 3, 4)  # the upscaling factors of the built-in models and of training data
 
 
 class CLIError(Exception):
@@ -28,8 +24,6 @@ class CLIError(Exception):
 
 # ----------------------------------------------------------------------------- messages
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
-_TMP_FILE = re.compile(r"\.([^/\s'\"]+)\.[A-Za-z0-9_]{8}\.tmp\b")  # atomic writes: .NAME.XXXXXXXX.tmp -> NAME
-_TMP_DIR = re.compile(r"[^\s'\"(]*prfdn_finetune_[A-Za-z0-9_]+(/[^\s'\")]*)?")
 # a wrapper's detail that is only an exception name, or a number (a pickle KeyError): "state dict (EOFError)"
 _BARE_DETAIL = re.compile(r"(?:\((?:[A-Z]\w*(?:Error|Exception))\)|(?<=dict|file|mage|ckpt) \(\d+\))$")
 _TORCH_WEIGHTS_ONLY = re.compile(r"\(Weights only load failed\..*\)?$")
@@ -38,11 +32,10 @@ _BARE_TEXT = {"EOFError": "truncated or empty file", "MemoryError": "out of memo
 
 
 def clean_message(text: str) -> str:
-    """The first line of ``text`` without terminal colour codes or our temporary file names, with a
-    useful detail where the only one is an exception name or a bare number."""
+    """The first line of ``text`` without terminal colour codes (torch's), torch's weights-only advice
+    replaced by ours, with a useful detail where the only one is an exception name or a bare number."""
     text = _ANSI.sub("", text).strip()
     text = text.splitlines()[0].strip() if text else ""
-    text = _TMP_DIR.sub("the temporary finetuning folder", _TMP_FILE.sub(r"\1", text))
     text = _TORCH_WEIGHTS_ONLY.sub("(it holds pickled objects other than tensors, which prfdn never runs; re-save "
                                    "it as a plain state dict: torch.save(model.state_dict(), path))", text)
 
@@ -64,8 +57,27 @@ def one_line(e: BaseException) -> str:
     return text
 
 
-# ----------------------------------------------------------------------------- helpers
-def _progress(items, total: int, desc: str):
+# ----------------------------------------------------------------------------- shared options
+def add_model_args(p, required: bool = False,
+                   scale_help: str = "upscaling factor: picks the built-in model of that scale (default "
+                                     "prfdn-x2); with --model/--weights, checks that the model has it") -> None:
+    """``--model NAME | --weights PATH`` and ``--scale S``."""
+    g = p.add_mutually_exclusive_group(required=required)
+    g.add_argument("--model", metavar="NAME", help="built-in model (see `prfdn models`)")
+    g.add_argument("--weights", metavar="PATH",
+                   help="PyTorch .pth state dict (needs the torch extra), a prfdn-jax .safetensors model, "
+                        "or a training workdir")
+    p.add_argument("--scale", type=int, choices=SCALES, help=scale_help)
+
+
+def add_memory_budget(p) -> None:
+    p.add_argument("--memory-budget", type=float, metavar="GB",
+                   help="memory an image may use; larger images are upscaled in tiles that fit (default: 25%% of "
+                        "the available memory, at most 2 GB)")
+
+
+def progress(items, total: int, desc: str):
+    """A tqdm bar over ``items`` on stderr (none for one item)."""
     from tqdm import tqdm
 
     return tqdm(items, total=total, desc=desc, unit="img", file=sys.stderr, disable=total <= 1,
@@ -98,6 +110,7 @@ def resolve_model(args):
     return model, label
 
 
+# ----------------------------------------------------------------------------- paths
 def check_writable(path: Path, what: str = "output", folder: bool = False) -> None:
     """``path`` (a file, or a ``folder``) can be written: its folder exists or can be created, and is
     writable (checked before any work)."""
@@ -125,6 +138,20 @@ def check_model_dst(dst: str) -> Path:
     return p
 
 
+def check_run_folders(args) -> None:
+    """--workdir can be a folder; every --data / --val folder exists (before the config's network is built)."""
+    wd = Path(args.workdir)
+    if wd.exists() and not wd.is_dir():
+        raise CLIError(f"--workdir {wd}: exists and is not a folder")
+    if not wd.exists():
+        check_writable(wd, "workdir", folder=True)
+    for opt, dirs in (("--data", args.data), ("--val", args.val)):
+        for d in dirs or ():
+            prepared = opt == "--data" and Path(d).suffix == ".array_record"  # prfdn prepare's output file
+            if not (Path(d).is_dir() or (prepared and Path(d).is_file())):
+                raise CLIError(f"{opt} {d}: no such {'file' if prepared else 'folder'}")
+
+
 def eval_set(data: Path, scale: int, degradation: str = "matlab") -> list:
     """The images of a folder with ``HR/`` (and optional ``LR_bicubic/X{s}/``); see :mod:`prfdn_jax.evaluate`."""
     from prfdn_jax.evaluate import load_eval_set
@@ -140,40 +167,31 @@ def eval_set(data: Path, scale: int, degradation: str = "matlab") -> list:
     return items
 
 
-# ----------------------------------------------------------------------------- reparam
-def _check_equal(a, b, size: int = 48) -> float:
-    """Max relative difference of two networks' outputs on a random [0, 255] input."""
-    import jax
-    import numpy as np
+# ----------------------------------------------------------------------------- automatic tiles (upscale, eval)
+def budget_gb(args) -> float:
+    """``--memory-budget`` in GB, or the default budget."""
+    from prfdn_jax.inference import default_budget_gb
 
-    from prfdn_jax.inference import make_apply
-
-    x = np.asarray(jax.random.uniform(jax.random.key(0), (1, size, size, 3))) * 255
-    ya, yb = np.asarray(make_apply(a)(x)), np.asarray(make_apply(b)(x))
-    return float(np.abs(ya - yb).max() / max(np.abs(ya).max(), 1e-12))
-
-
-def cmd_reparam(args) -> int:
-    from prfdn_jax.checkpoint import load_any, save_model
-    from prfdn_jax.macs import params
-    from prfdn_jax.reparam import reparam, wide_to_merged
-
-    check_model_dst(args.dst)
-    src = load_any(args.src)
-    if src.arch.form == "merged":
-        raise CLIError(f"{args.src}: already a merged network; reparam takes a branch network")
-    if src.arch.layout == "rfdn":
-        raise CLIError(f"{args.src}: an RFDN has no branches to merge (branch it first)")
-    out = wide_to_merged(src) if args.merged else reparam(src)
-    diff = _check_equal(src, out)
-    save_model(args.dst, out)
-    print(f"{args.src} ({src.arch.form} {src.arch.layout}, {params(src):,} params) -> {args.dst} "
-          f"({out.arch.form}, {params(out):,} params); max relative output difference {diff:.2e}")
-    return 0
+    if args.memory_budget is None:
+        return default_budget_gb()
+    if not args.memory_budget > 0:
+        raise CLIError(f"--memory-budget must be more than 0 GB, got {args.memory_budget}")
+    return args.memory_budget
 
 
-# ----------------------------------------------------------------------------- bench
-def _size(text: str, what: str = "--size") -> tuple[int, int]:
+def auto_tile(model, h: int, w: int, budget: float, overlap: int, alpha: bool = False) -> int:
+    """The tile for an ``h x w`` image within ``budget`` GB (0: whole image); MemoryError's text when none fits."""
+    from prfdn_jax.inference import GB, choose_tile, device_memory
+
+    try:
+        return choose_tile(model.arch, h, w, budget * GB, overlap, device_bytes=device_memory(), alpha=alpha)
+    except MemoryError as e:
+        raise CLIError(f"{w}x{h} x{model.arch.scale} {e}, more than the {budget:g} GB memory budget "
+                       "(raise --memory-budget)") from None
+
+
+# ----------------------------------------------------------------------------- option values
+def parse_size(text: str, what: str = "--size") -> tuple[int, int]:
     """``'540x960'`` -> (540, 960); ``'256'`` -> (256, 256); each side at least MIN_SIZE."""
     from prfdn_jax.spec import MIN_SIZE
 
@@ -188,55 +206,16 @@ def _size(text: str, what: str = "--size") -> tuple[int, int]:
     return parts[0], parts[1]
 
 
-def _check_positive(args, names: dict[str, int]) -> None:
+def check_positive(args, names: dict[str, int]) -> None:
+    """Each option of ``names`` (``{"--runs": 1}``) that was given is at least its value."""
     for name, low in names.items():
         v = getattr(args, name.lstrip("-").replace("-", "_"))
         if v is not None and v < low:
             raise CLIError(f"{name} must be >= {low}, got {v}")
 
 
-def _refuse_options(args, names: tuple[str, ...], why: str) -> None:
+def refuse_options(args, names: tuple[str, ...], why: str) -> None:
+    """CLIError naming the options of ``names`` that were given (``why``: whose options they are)."""
     given = [n for n in names if getattr(args, n.lstrip("-").replace("-", "_")) not in (None, False)]
     if given:
         raise CLIError(f"{', '.join(given)}: {'an option' if len(given) == 1 else 'options'} {why}")
-
-
-def cmd_bench(args) -> int:
-    """``prfdn bench paths`` or the inference benchmark (JAX deployed vs every PyTorch mode)."""
-    from prfdn_jax import bench
-
-    _check_positive(args, {"--batch": 1, "--runs": 1, "--warmup": 0, "--nf": 2, "--repeats": 1, "--workers": 0})
-    _refuse_options(args, ("--data", "--patch"), "of `prfdn bench data` only")
-    if args.what == "paths":
-        _refuse_options(args, ("--model", "--weights", "--scale", "--backend", "--torch-modes", "--warmup", "--runs",
-                               "--baseline", "--json"), "of `prfdn bench`, not of `prfdn bench paths`")
-        size = _size(args.size or "128")[0]
-        layout, nf, repeats = args.layout or "b4s", args.nf or 50, args.repeats or 5
-        bench.print_paths(bench.bench_paths(layout, nf, size, args.batch, repeats), layout, nf, size, args.batch,
-                          repeats)
-        return 0
-    _refuse_options(args, ("--layout", "--nf", "--repeats"), "of `prfdn bench paths` only")
-    size = _size(args.size or "540x960")
-    check_model_args(args)
-    backend = args.backend or "both"
-    modes = None
-    if args.torch_modes:
-        if backend == "jax":
-            raise CLIError("--torch-modes needs --backend torch or both")
-        modes = [m.strip() for m in args.torch_modes.split(",") if m.strip()]
-    if backend in ("torch", "both"):
-        require_torch("the PyTorch side of prfdn bench (use --backend jax without it)")
-        from converters.torch_bench import MODES
-
-        bad = [m for m in modes or () if m not in MODES]
-        if bad or (modes is not None and not modes):
-            raise CLIError(f"--torch-modes {args.torch_modes!r}: unknown mode {', '.join(bad) or '(none)'}; "
-                           f"modes: {', '.join(MODES)}")
-    model, label = resolve_model(args)
-    res = bench.bench_inference(model, size, args.batch, args.dtype, backend, args.warmup, args.runs, modes,
-                                baseline=args.baseline)
-    bench.print_inference(res, label)
-    if args.json:
-        keys = ("jax_ms", "torch_ms", "torch_mode", "ratio", "device", "size", "batch", "dtype")
-        print(json.dumps({k: res.get(k) for k in keys}))
-    return 0
