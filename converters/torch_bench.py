@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 import torch
+from torch import nn
 
 MODES = ("eager", "channels_last", "cuda_graph", "compile", "compile_channels_last")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -51,16 +52,15 @@ def _timed(fn, dev: str, warmup: int, runs: int) -> list[float]:
     return times
 
 
-def bench_torch(model, x: np.ndarray, dtype: str = "float32", modes=None, warmup: int = 2,
+def bench_torch(module: nn.Module, x: np.ndarray, dtype: str = "float32", modes=None, warmup: int = 2,
                 runs: int = 5) -> list[dict]:
-    """``[{'mode', 'median_ms', 'mean_ms', 'compile_s'}]`` of the PyTorch reference of a prfdn-jax ``model``
-    on ``x`` (NHWC float, [0, 255]); modes that do not apply (CUDA graphs on a CPU) are skipped."""
-    from prfdn_jax.prune import to_torch
-
+    """``[{'mode', 'median_ms', 'mean_ms', 'compile_s'}]`` of a PyTorch reference network ``module``
+    (``prfdn_jax.prune.to_torch``) on ``x`` (NHWC float, [0, 255]); modes that do not apply (CUDA graphs on
+    a CPU) are skipped."""
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cudnn.benchmark = True
     dt = _DTYPES[dtype]
-    base = to_torch(model).to(dev).to(dt).eval()
+    base = module.to(dev).to(dt).eval()
     xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(dev).to(dt)
     rows = []
     for mode in modes or MODES:
@@ -103,18 +103,17 @@ def bench_torch(model, x: np.ndarray, dtype: str = "float32", modes=None, warmup
 TRAIN_MODES = ("eager", "channels_last", "bf16_autocast", "compile")
 
 
-def bench_torch_train(model, lr: np.ndarray, hr: np.ndarray, modes=None, warmup: int = 2, runs: int = 5,
+def bench_torch_train(module: nn.Module, lr: np.ndarray, hr: np.ndarray, modes=None, warmup: int = 2, runs: int = 5,
                       lr_rate: float = 5e-4) -> list[dict]:
     """``[{'mode', 'dtype', 'median_ms', 'mean_ms', 'compile_s'}]``: one training step of the PyTorch reference
-    of ``model`` on ``lr``/``hr`` (uint8 NHWC); a mode that fails gives ``{'mode', 'dtype', 'error'}``."""
-    from prfdn_jax.prune import to_torch
+    network ``module`` on ``lr``/``hr`` (uint8 NHWC); a mode that fails gives ``{'mode', 'dtype', 'error'}``."""
 
     bad = [m for m in modes or () if m not in TRAIN_MODES]
     if bad:
         raise ValueError(f"unknown training mode {', '.join(bad)}; modes: {', '.join(TRAIN_MODES)}")
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cudnn.benchmark = True
-    base = to_torch(model)
+    base = module
     x8 = torch.from_numpy(np.ascontiguousarray(lr.transpose(0, 3, 1, 2))).to(dev)
     y8 = torch.from_numpy(np.ascontiguousarray(hr.transpose(0, 3, 1, 2))).to(dev)
     rows = []

@@ -34,7 +34,7 @@ from torch import nn
 from converters.torch_blocks import (ACT_SLOPE, ESA, RFDB, SRFDB, _check, _conv, _raise_first, _sub, _upsampler,
                                      count_params, esa_widths, kernel_of, rfdb_widths)
 from prfdn_jax import spec
-from prfdn_jax.state_dict import is_wide_state_dict, wide_arch_from_state_dict
+from prfdn_jax.state_dict import is_wide_state_dict, unwrap_state_dict, wide_arch_from_state_dict
 from prfdn_jax.spec import (LAYOUTS, Arch, Widths, block_prefix, branch_layouts, conv_table, default_arch,
                             scale_from_upsampler, width_errors)
 
@@ -270,7 +270,7 @@ class MergedNet(nn.Module):
     @classmethod
     def from_state_dict(cls, sd: Mapping[str, torch.Tensor]) -> "MergedNet":
         """Build from a merged checkpoint's tensor shapes and load it strictly (eval mode)."""
-        sd = _unwrap(sd)
+        sd = unwrap_state_dict(sd)[0]
         arch = _detect(sd)
         _check(arch.form == "merged", "not a merged PRFDN state dict (no fea_conv1234 / fea_conv12 weight)")
         net = cls(widths_from_state_dict(sd), arch.layout)
@@ -355,18 +355,6 @@ class WideNet(nn.Module):
 
 # --------------------------------------------------------------------------------------------- loading
 
-def _unwrap(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Accept {'params'|'state_dict'|'model': sd} wrappers and DataParallel 'module.' prefixes."""
-    if not isinstance(sd, Mapping):
-        raise ValueError(f"expected a state dict (mapping), got {type(sd).__name__}")
-    for key in ("params", "state_dict", "model"):
-        if key in sd and isinstance(sd[key], Mapping) and len(sd) == 1:
-            sd = sd[key]
-    if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
-    return dict(sd)
-
-
 def _load_strict(net: nn.Module, sd: Mapping[str, torch.Tensor]) -> None:
     try:
         net.load_state_dict(sd, strict=True)
@@ -393,7 +381,7 @@ def build_from_state_dict(sd: Mapping[str, torch.Tensor]) -> nn.Module:
     ``prfdn export --format torch`` writes for a wide network) is recognised too
     (:func:`prfdn_jax.state_dict.wide_arch_from_state_dict`) and gives a :class:`WideNet`.
     """
-    sd = _unwrap(sd)
+    sd = unwrap_state_dict(sd)[0]
     if is_wide_state_dict(sd):
         arch = wide_arch_from_state_dict(sd)
         wide = WideNet(arch.w, arch.layout, arch.scale)

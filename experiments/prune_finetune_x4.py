@@ -125,49 +125,15 @@ def _count(model) -> int:
     return sum(int(np.size(v)) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-def run(a) -> dict:
-    import jax
+def _prune_phase(a, res: dict, rows: list, work: Path, prepared: Path, wide, sets: dict, log):
+    """Uniform pruning with a short finetune after every step; ``(pruned, base TrainConfig, eval seconds)``."""
     import numpy as np
 
     from prfdn_jax import train
+    from prfdn_jax.config import TrainConfig
     from prfdn_jax.data import make_iterator
     from prfdn_jax.evaluate import evaluate, forward, load_eval_set
-    from prfdn_jax.checkpoint import load_any, save_model
-    from prfdn_jax.workdir import load_workdir_model
-    from prfdn_jax.config import TrainConfig
-    from prfdn_jax.prepare import prepare
     from prfdn_jax.prune import prune_model
-    from prfdn_jax.reparam import reparam
-    from prfdn_jax.train_step import resolve_dtype, resolve_impl
-
-    t_start = time.perf_counter()
-    shared, out, work = shared_root(a.shared), Path(a.out), Path(a.work or f"{a.out}_work")
-    out.mkdir(parents=True, exist_ok=True)
-    work.mkdir(parents=True, exist_ok=True)
-    res: dict = {"profile": a.profile, "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
-                 "impl": resolve_impl(None), "compute_dtype": resolve_dtype(a.dtype), "settings": {
-                     k: getattr(a, k) for k in PROFILES["gpu"]}, "phases": {}}
-    log = (lambda *m: print("[prune_x4]", *m, flush=True))  # noqa: E731
-
-    # data: prepared once (every training folder present), then read as prepared pairs
-    names = [s for s in a.train_sets.split(",") if s]
-    dirs = [str(shared / "data" / "train" / s) for s in names if (shared / "data" / "train" / s).is_dir()]
-    prepared = work / f"prepared_x{SCALE}"
-    t = time.perf_counter()
-    if not (prepared / "prepared.json").is_file():
-        info = prepare(dirs, prepared, scale=SCALE, workers=min(os.cpu_count() or 1, 16) if a.workers else 0)
-        log(f"prepared {info.get('count', '?')} pairs from {len(dirs)} folders in {time.perf_counter() - t:.0f}s")
-    res["phases"]["prepare_s"] = round(time.perf_counter() - t, 1)
-    res["train_sets"] = [Path(d).name for d in dirs]
-
-    sets = _eval_sets(shared, a.eval_limit, a.eval_crop)
-    res["eval"] = {n: {"images": len(v), "crop": a.eval_crop} for n, v in sets.items()}
-    t = time.perf_counter()
-    branch = load_any(str(shared.joinpath(*WEIGHTS)))
-    wide = reparam(branch)
-    rows = [{"model": "released B4S x4 (branch)", "params": _count(branch), **_psnr(wide, sets)}]
-    res["phases"]["eval_released_s"] = round(time.perf_counter() - t, 1)
-    log(f"released: {rows[-1]}")
 
     base = TrainConfig(layout="b4s", scale=SCALE, data_dirs=(str(prepared),), patch=a.patch, batch=a.batch,
                        workers=a.workers, lr=a.lr, schedule="constant", log_every=a.log_every, ckpt_every=10**9,
@@ -206,6 +172,50 @@ def run(a) -> dict:
     eval_s = time.perf_counter() - t
     log(f"pruned: {rows[-1]}")
 
+    return pruned, base, eval_s
+
+
+def run(a) -> dict:
+    import jax
+
+    from prfdn_jax import train
+    from prfdn_jax.checkpoint import load_any, save_model
+    from prfdn_jax.workdir import load_workdir_model
+    from prfdn_jax.prepare import prepare
+    from prfdn_jax.reparam import reparam
+    from prfdn_jax.train_step import resolve_dtype, resolve_impl
+
+    t_start = time.perf_counter()
+    shared, out, work = shared_root(a.shared), Path(a.out), Path(a.work or f"{a.out}_work")
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    res: dict = {"profile": a.profile, "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
+                 "impl": resolve_impl(None), "compute_dtype": resolve_dtype(a.dtype), "settings": {
+                     k: getattr(a, k) for k in PROFILES["gpu"]}, "phases": {}}
+    log = (lambda *m: print("[prune_x4]", *m, flush=True))  # noqa: E731
+
+    # data: prepared once (every training folder present), then read as prepared pairs
+    names = [s for s in a.train_sets.split(",") if s]
+    dirs = [str(shared / "data" / "train" / s) for s in names if (shared / "data" / "train" / s).is_dir()]
+    prepared = work / f"prepared_x{SCALE}"
+    t = time.perf_counter()
+    if not (prepared / "prepared.json").is_file():
+        info = prepare(dirs, prepared, scale=SCALE, workers=min(os.cpu_count() or 1, 16) if a.workers else 0)
+        log(f"prepared {info.get('count', '?')} pairs from {len(dirs)} folders in {time.perf_counter() - t:.0f}s")
+    res["phases"]["prepare_s"] = round(time.perf_counter() - t, 1)
+    res["train_sets"] = [Path(d).name for d in dirs]
+
+    sets = _eval_sets(shared, a.eval_limit, a.eval_crop)
+    res["eval"] = {n: {"images": len(v), "crop": a.eval_crop} for n, v in sets.items()}
+    t = time.perf_counter()
+    branch = load_any(str(shared.joinpath(*WEIGHTS)))
+    wide = reparam(branch)
+    rows = [{"model": "released B4S x4 (branch)", "params": _count(branch), **_psnr(wide, sets)}]
+    res["phases"]["eval_released_s"] = round(time.perf_counter() - t, 1)
+    log(f"released: {rows[-1]}")
+
+    t_train = time.perf_counter()
+    pruned, base, eval_s = _prune_phase(a, res, rows, work, prepared, wide, sets, log)
     # the rest of the budget: one finetune with EMA, cosine lr, steps from the measured rate
     rate, first = _steady_rate(work / f"prune_ft{a.prune_steps}")
     left = a.budget_s - (time.perf_counter() - t_train) + eval_s  # the pruned net's evaluation is not training

@@ -134,8 +134,9 @@ def bench_inference(model: nnx.Module, size=(540, 960), batch: int = 1, dtype: s
     if backend in ("torch", "both"):
         require_torch("the PyTorch side of prfdn bench")
         from converters.torch_bench import bench_torch
+        from prfdn_jax.prune import to_torch
 
-        out["torch"] = bench_torch(model, x, dtype, torch_modes, warmup, runs)
+        out["torch"] = bench_torch(to_torch(model), x, dtype, torch_modes, warmup, runs)
         best = min(out["torch"], key=lambda r: r["median_ms"])
         out["torch_ms"], out["torch_mode"] = best["median_ms"], best["mode"]
     if "jax_ms" in out and "torch_ms" in out:
@@ -244,8 +245,9 @@ def bench_train(layout: str = "b4s", nf: int = 50, scale: int = 2, batch: int = 
     if backend in ("torch", "both"):
         require_torch("the PyTorch side of prfdn bench train")
         from converters.torch_bench import bench_torch_train
+        from prfdn_jax.prune import to_torch
 
-        out["torch"] = bench_torch_train(model, lr, hr, torch_modes, warmup, runs)
+        out["torch"] = bench_torch_train(to_torch(model), lr, hr, torch_modes, warmup, runs)
         ok = [r for r in out["torch"] if "median_ms" in r]
         if ok:
             best = min(ok, key=lambda r: r["median_ms"])

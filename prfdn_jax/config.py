@@ -170,9 +170,8 @@ def load_config(path_or_module) -> Any:
 
 def packaged_configs() -> tuple[str, ...]:
     """The names ``NAME`` of the packaged configs ``prfdn_jax.configs.NAME``."""
-    import prfdn_jax.configs
-
-    return tuple(sorted(m.name for m in pkgutil.iter_modules(prfdn_jax.configs.__path__)
+    where = importlib.util.find_spec(PACKAGED).submodule_search_locations  # by name: configs sit above config
+    return tuple(sorted(m.name for m in pkgutil.iter_modules(where)
                         if not m.name.startswith("_")))
 
 

@@ -39,9 +39,9 @@ from pathlib import Path
 import grain
 import numpy as np
 
-from prfdn_jax import imaging, resize
+from prfdn_jax import imaging
+from prfdn_jax.resize import DEGRADATIONS, degrade
 
-DEGRADATIONS = ("matlab", "ntire")
 LR_MODES = ("crop", "aligned")
 SUB_SIZE, SUB_STEP = 480, 240  # default sub-images (BasicSR's DIV2K sub-images: 480 every 240)
 
@@ -100,13 +100,6 @@ def scan_images(dirs: Sequence[str | os.PathLike], min_size: int = 1,
     """
     paths, images, _ = _scan(dirs, min_size, keep)
     return paths, images
-
-
-def degrade(hr: np.ndarray, scale: int, degradation: str = "matlab") -> np.ndarray:
-    """The LR of an HR uint8 image (sides multiples of ``scale``) by the named degradation."""
-    if degradation == "matlab":
-        return resize.downscale(hr, scale, "matlab")
-    return resize.ntire_degrade(hr, scale)
 
 
 def sub_boxes(h: int, w: int, scale: int, sub_size: int = SUB_SIZE,

@@ -34,10 +34,10 @@ from flax import nnx
 from prfdn_jax import imaging, resize
 from prfdn_jax.inference import upscale_array
 from prfdn_jax.metrics import evaluate_pair
+from prfdn_jax.resize import DEGRADATIONS
 from prfdn_jax.workdir import host_tree
 
 METRICS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")
-DEGRADATIONS = ("matlab", "ntire")
 
 EvalItem = tuple[str, np.ndarray, np.ndarray]  # (name, LR uint8, HR uint8)
 

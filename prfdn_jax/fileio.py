@@ -47,6 +47,8 @@ def atomic_write(path: str | os.PathLike, *, mode: int | None = None, suffix: st
     makes 0600), renamed onto ``path`` (``os.replace``) and the folder fsynced. On any exception,
     KeyboardInterrupt included, the temp file is removed and ``path`` is left as it was. The parent
     folders are created. An ``OSError`` while creating the temp file is raised before the body runs.
+    An ``OSError`` that names the temp file is raised again naming ``path`` (the temp name means nothing
+    to a user).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -58,8 +60,10 @@ def atomic_write(path: str | os.PathLike, *, mode: int | None = None, suffix: st
         _fsync(tmp)
         os.chmod(tmp, default_mode() if mode is None else mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and str(tmp) in (e.filename, e.filename2):
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
         raise
     _fsync(path.parent, directory=True)

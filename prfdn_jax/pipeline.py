@@ -168,8 +168,8 @@ def _stage_model(path: Path, make):
     return model, False
 
 
-def run_pipeline(config, data_dirs, workdir, val_dirs=None) -> Path:
-    """Run the stages of ``config`` in ``workdir``; returns the path of ``report.md``."""
+def _checked(config, workdir) -> PipelineConfig:
+    """``config`` loaded and checked; the pruning extra checked before hours of training."""
     config = load_config(config)
     if not isinstance(config, PipelineConfig):
         raise ConfigError(f"the pipeline needs a PipelineConfig, got {type(config).__name__}")
@@ -179,7 +179,13 @@ def run_pipeline(config, data_dirs, workdir, val_dirs=None) -> Path:
     if config.rfdn.layout != "rfdn" or config.rfdn.scale != config.scale or config.rfdn.n_blocks != 4:
         raise ConfigError("config.rfdn must be a 4-block RFDN (layout 'rfdn') at the pipeline's scale")
     if "prune" in config.stages and not (Path(workdir) / "4_pruned.safetensors").is_file():
-        require_torch("the pipeline's prune stage", pruning=True)  # before hours of training
+        require_torch("the pipeline's prune stage", pruning=True)
+    return config
+
+
+def run_pipeline(config, data_dirs, workdir, val_dirs=None) -> Path:
+    """Run the stages of ``config`` in ``workdir``; returns the path of ``report.md``."""
+    config = _checked(config, workdir)
     data_dirs = [str(d) for d in ([data_dirs] if isinstance(data_dirs, (str, os.PathLike)) else (data_dirs or []))]
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -247,7 +253,14 @@ def run_pipeline(config, data_dirs, workdir, val_dirs=None) -> Path:
         if hist_path.is_file():
             history = json.loads(hist_path.read_text())
 
-    # measurements, report, plot
+    report = _report(workdir, config, models, notes, history)
+    print(f"[pipeline] {report} ({time.perf_counter() - t0:.1f}s)", flush=True)
+    return report
+
+
+def _report(workdir: Path, config: PipelineConfig, models, notes: list[str], history) -> Path:
+    """Measure every stage's network (params, GMAC, latency, PSNR per eval set) -> report.json, the
+    PSNR-vs-GMAC plot and report.md; returns report.md's path."""
     sets, set_names = {}, []
     for nd in config.eval_sets:
         items = eval_set(nd, config.scale, config.eval_limit, config.eval_crop)
@@ -263,7 +276,6 @@ def run_pipeline(config, data_dirs, workdir, val_dirs=None) -> Path:
     (workdir / "report.json").write_text(json.dumps(rows, indent=1))
     plot_psnr_vs_gmac(rows, set_names, workdir / "psnr_vs_gmac.png")
     report = write_report(workdir, config, rows, set_names, notes, history)
-    print(f"[pipeline] {report} ({time.perf_counter() - t0:.1f}s)", flush=True)
     return report
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prfdn_jax import data, imaging
+from prfdn_jax import data, imaging, resize
 from prfdn_jax.fileio import atomic_write
 
 COMPRESSIONS = {"zstd": "zstd:1", "none": "uncompressed"}
@@ -59,7 +59,7 @@ def cut_image(path: str | os.PathLike, scale: int, sub_size: int, step: int, deg
     recs, shapes = [], []
     for y, x, h, w in data.sub_boxes(*img.shape[:2], scale, sub_size, step):
         hr = np.ascontiguousarray(img[y:y + h, x:x + w])
-        recs.append(encode_pair(hr, data.degrade(hr, scale, degradation), scale))
+        recs.append(encode_pair(hr, resize.degrade(hr, scale, degradation), scale))
         shapes.append((h, w))
     return recs, shapes, None
 
@@ -134,8 +134,8 @@ def prepare(dirs: Sequence[str | os.PathLike], out_path: str | os.PathLike, *, s
     t0 = time.perf_counter()
     if scale not in (2, 3, 4):
         raise data.DataError(f"scale must be 2, 3 or 4, got {scale}")
-    if degradation not in data.DEGRADATIONS:
-        raise data.DataError(f"unknown degradation {degradation!r}; expected one of {data.DEGRADATIONS}")
+    if degradation not in resize.DEGRADATIONS:
+        raise data.DataError(f"unknown degradation {degradation!r}; expected one of {resize.DEGRADATIONS}")
     if compression not in COMPRESSIONS:
         raise data.DataError(f"unknown compression {compression!r}; expected one of {tuple(COMPRESSIONS)}")
     data.check_sub(scale, sub_size, step)

@@ -16,10 +16,12 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image as _PILImage
 
-__all__ = ["FLAVOURS", "modcrop", "imresize_matlab", "downscale", "ntire_degrade"]
+__all__ = ["DEGRADATIONS", "FLAVOURS", "modcrop", "imresize_matlab", "downscale", "ntire_degrade", "degrade"]
 
 #: Names accepted by :func:`downscale`.
 FLAVOURS: tuple[str, ...] = ("matlab", "pil")
+#: How an LR image is made from its HR (:func:`degrade`): MATLAB bicubic, or the NTIRE 2023 degradation.
+DEGRADATIONS: tuple[str, ...] = ("matlab", "ntire")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -204,3 +206,10 @@ def ntire_degrade(img: np.ndarray, scale: int, quality: int = 90) -> np.ndarray:
     buf.seek(0)
     with _PILImage.open(buf) as im:
         return np.asarray(im.convert("L" if lr.ndim == 2 else "RGB")).copy()
+
+
+def degrade(hr: np.ndarray, scale: int, degradation: str = "matlab") -> np.ndarray:
+    """The LR of an HR uint8 image (sides multiples of ``scale``) by the named degradation (:data:`DEGRADATIONS`)."""
+    if degradation == "matlab":
+        return downscale(hr, scale, "matlab")
+    return ntire_degrade(hr, scale)

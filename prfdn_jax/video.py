@@ -93,6 +93,114 @@ def _open_output(av, tmp: Path, fmt: str, vs, aud, size, crf: int, lossless: boo
         raise
 
 
+def _check_args(src: Path, dst: Path, crf, batch) -> str:
+    """The output muxer of ``dst``; :class:`VideoError` for arguments no job can use."""
+    fmt = CONTAINERS.get(dst.suffix.lower())
+    if fmt is None:
+        raise VideoError(f"{dst}: the output must be {', '.join(CONTAINERS)} (H.264), not {dst.suffix or 'no suffix'}")
+    if not 0 <= int(crf) <= 51:
+        raise VideoError(f"crf must be in 0..51, got {crf}")
+    if int(batch) < 1:
+        raise VideoError(f"batch must be >= 1, got {batch}")
+    if not src.is_file():
+        raise VideoError(f"{src}: no such file")
+    return fmt
+
+
+def _video_stream(inp, src: Path):
+    """``(video stream, first audio stream or None, (w, h), frame rate)`` of an opened input, checked."""
+    from prfdn_jax.spec import MIN_SIZE
+
+    if not inp.streams.video:
+        raise VideoError(f"{src}: no video stream")
+    vs = inp.streams.video[0]
+    vs.thread_type = "AUTO"
+    aud = inp.streams.audio[0] if inp.streams.audio else None
+    w, h = vs.codec_context.width, vs.codec_context.height
+    if min(w, h) < MIN_SIZE:
+        raise VideoError(f"{src}: frames are {w}x{h}; the network needs at least {MIN_SIZE}x{MIN_SIZE} pixels")
+    rate = vs.average_rate or vs.guessed_rate
+    if not rate:
+        raise VideoError(f"{src}: the video stream has no frame rate")
+    return vs, aud, (w, h), rate
+
+
+class _Writer:
+    """Frames in, ``batch`` at a time through ``apply``, H.264 out. The network runs asynchronously: a
+    batch is encoded while the next one is computed. Audio packets are copied or re-encoded."""
+
+    def __init__(self, av, out, ov, oa, copy: bool, apply: Callable, batch: int, size, tb, src: Path,
+                 progress: Callable | None, total: int | None):
+        self.av, self.out, self.ov, self.oa, self.copy = av, out, ov, oa, copy
+        self.apply, self.batch, self.size, self.tb, self.src = apply, batch, size, tb, src
+        self.progress, self.total, self.t0 = progress, total, time.perf_counter()
+        self.frames: list = []
+        self.pending = None
+        self.done = 0
+
+    def _upscaled(self, fn, *args):
+        try:
+            return fn(*args)
+        except (ValueError, RuntimeError) as e:  # e.g. XLA out of memory (computed asynchronously)
+            raise VideoError(f"{self.src}: upscaling a frame failed ({_line(e)})") from None
+
+    def audio(self, packet) -> None:
+        if self.copy:
+            if packet.dts is not None:
+                packet.stream = self.oa
+                self.out.mux(packet)
+            return
+        for af in packet.decode():
+            for p in self.oa.encode(af):
+                self.out.mux(p)
+
+    def add(self, pts: int, img: np.ndarray) -> None:
+        self.frames.append((pts, img))
+        if len(self.frames) == self.batch:
+            self._submit()
+
+    def _submit(self) -> None:
+        frames, self.frames = self.frames, []
+        x = np.stack([img for _, img in frames]).astype(np.float32)
+        if len(frames) < self.batch:  # pad: the same shape, the same compiled program
+            x = np.concatenate([x, np.repeat(x[-1:], self.batch - len(frames), 0)])
+        y = self._upscaled(self.apply, x)[: len(frames)]  # asynchronous: encode the previous batch meanwhile
+        if self.pending is not None:
+            self._encode(*self.pending)
+        self.pending = ([pts for pts, _ in frames], y)
+
+    def _encode(self, pts_list, y) -> None:
+        from prfdn_jax.inference import to_uint8
+
+        ow, oh = self.size
+        sr = self._upscaled(to_uint8, y)[:, :oh, :ow]
+        for pts, img in zip(pts_list, sr):
+            f = self.av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            f.pts, f.time_base = pts, self.tb
+            for p in self.ov.encode(f):
+                self.out.mux(p)
+        self.done += len(pts_list)
+        if self.progress is not None:
+            self.progress(self.done, self.total, self.done / max(time.perf_counter() - self.t0, 1e-9))
+
+    def flush(self) -> None:
+        """Upscale and encode what is left (the last, padded batch and the pending one)."""
+        if self.frames:
+            self._submit()
+        if self.pending is not None:
+            self._encode(*self.pending)
+            self.pending = None
+
+    def finish(self) -> None:
+        """Flush the encoders and write the trailer."""
+        for p in self.ov.encode(None):
+            self.out.mux(p)
+        if self.oa is not None and not self.copy:
+            for p in self.oa.encode(None):
+                self.out.mux(p)
+        self.out.close()
+
+
 def upscale_video(apply: Callable, scale: int, src: str | os.PathLike, dst: str | os.PathLike,
                   crf: int = DEFAULT_CRF, batch: int | None = None,
                   progress: Callable[[int, int | None, float], None] | None = None,
@@ -106,8 +214,6 @@ def upscale_video(apply: Callable, scale: int, src: str | os.PathLike, dst: str 
     """
     from prfdn_jax.extras import require_module
     from prfdn_jax.fileio import atomic_write
-    from prfdn_jax.inference import to_uint8
-    from prfdn_jax.spec import MIN_SIZE
 
     av = require_module("av", "video upscaling")
     if batch is None:
@@ -115,31 +221,14 @@ def upscale_video(apply: Callable, scale: int, src: str | os.PathLike, dst: str 
 
         batch = choices().video_batch
     src, dst = Path(src), Path(dst)
-    fmt = CONTAINERS.get(dst.suffix.lower())
-    if fmt is None:
-        raise VideoError(f"{dst}: the output must be {', '.join(CONTAINERS)} (H.264), not {dst.suffix or 'no suffix'}")
-    if not 0 <= int(crf) <= 51:
-        raise VideoError(f"crf must be in 0..51, got {crf}")
-    if int(batch) < 1:
-        raise VideoError(f"batch must be >= 1, got {batch}")
-    if not src.is_file():
-        raise VideoError(f"{src}: no such file")
+    fmt = _check_args(src, dst, crf, batch)
     t0 = time.perf_counter()
     notes: list[str] = []
     stage = "cannot read"
-    inp = out = None
+    inp = wr = None
     try:
         inp = av.open(str(src))
-        if not inp.streams.video:
-            raise VideoError(f"{src}: no video stream")
-        vs = inp.streams.video[0]
-        vs.thread_type = "AUTO"
-        aud = inp.streams.audio[0] if inp.streams.audio else None
-        w, h = vs.codec_context.width, vs.codec_context.height
-        if min(w, h) < MIN_SIZE:
-            raise VideoError(f"{src}: frames are {w}x{h}; the network needs at least {MIN_SIZE}x{MIN_SIZE} pixels")
-        if not (vs.average_rate or vs.guessed_rate):
-            raise VideoError(f"{src}: the video stream has no frame rate")
+        vs, aud, (w, h), rate = _video_stream(inp, src)
         ow, oh = w * scale, h * scale
         if not lossless and (ow % 2 or oh % 2):
             notes.append(f"output {ow}x{oh} cropped to {ow - ow % 2}x{oh - oh % 2}: yuv420p needs even sizes")
@@ -156,84 +245,34 @@ def upscale_video(apply: Callable, scale: int, src: str | os.PathLike, dst: str 
             audio = "none" if aud is None else "copied" if copy else "re-encoded to AAC"
             if aud is not None and not copy:
                 notes.append(f"audio ({aud.codec_context.name}) re-encoded to AAC: {fmt} cannot hold it as it is")
-            total = vs.frames or None
-            done, pending, frames = 0, None, []
-            rate = vs.average_rate or vs.guessed_rate
             tb = vs.time_base or Fraction(1) / rate
-
-            def upscaled(fn, *args):
-                try:
-                    return fn(*args)
-                except (ValueError, RuntimeError) as e:  # e.g. XLA out of memory (computed asynchronously)
-                    raise VideoError(f"{src}: upscaling a frame failed ({_line(e)})") from None
-
-            def encode(pts_list, y):
-                nonlocal done
-                sr = upscaled(to_uint8, y)[:, :oh, :ow]
-                for pts, img in zip(pts_list, sr):
-                    f = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
-                    f.pts, f.time_base = pts, tb
-                    for p in ov.encode(f):
-                        out.mux(p)
-                done += len(pts_list)
-                if progress is not None:
-                    progress(done, total, done / max(time.perf_counter() - t0, 1e-9))
-
-            def submit(batch_frames):
-                nonlocal pending
-                x = np.stack([img for _, img in batch_frames]).astype(np.float32)
-                if len(batch_frames) < batch:  # pad: the same shape, the same compiled program
-                    x = np.concatenate([x, np.repeat(x[-1:], batch - len(batch_frames), 0)])
-                y = upscaled(apply, x)[: len(batch_frames)]  # asynchronous: encode the previous batch meanwhile
-                if pending is not None:
-                    encode(*pending)
-                pending = ([pts for pts, _ in batch_frames], y)
-
+            wr = _Writer(av, out, ov, oa, copy, apply, int(batch), (ow, oh), tb, src, progress, vs.frames or None)
             stage = "cannot decode"
             n_read = 0
             for packet in inp.demux(*(s for s in (vs, aud) if s is not None)):
                 if packet.stream is aud:
-                    if copy:
-                        if packet.dts is not None:
-                            packet.stream = oa
-                            out.mux(packet)
-                    else:
-                        for af in packet.decode():
-                            for p in oa.encode(af):
-                                out.mux(p)
+                    wr.audio(packet)
                     continue
                 for vf in packet.decode():
                     img = vf.to_ndarray(format="rgb24")
                     if img.shape[:2] != (h, w):
                         raise VideoError(f"{src}: frame size changes mid-stream "
                                          f"({w}x{h} -> {img.shape[1]}x{img.shape[0]})")
-                    pts = vf.pts if vf.pts is not None else int(round(n_read / (rate * tb)))
-                    frames.append((pts, img))
+                    wr.add(vf.pts if vf.pts is not None else int(round(n_read / (rate * tb))), img)
                     n_read += 1
-                    if len(frames) == batch:
-                        submit(frames)
-                        frames = []
-            if frames:
-                submit(frames)
-            if pending is not None:
-                encode(*pending)
-            if done == 0:
+            wr.flush()
+            if wr.done == 0:
                 raise VideoError(f"{src}: no video frames could be decoded")
             stage = "cannot write"
-            for p in ov.encode(None):
-                out.mux(p)
-            if oa is not None and not copy:
-                for p in oa.encode(None):
-                    out.mux(p)
-            out.close()
-            out = None
+            wr.finish()
+            done, wr = wr.done, None
     except VideoError:
         raise
     except (av.FFmpegError, OSError, ValueError) as e:
         where = dst if stage == "cannot write" else src
         raise VideoError(f"{where}: {stage} the video ({_line(e)})") from None
     finally:
-        for c in (out, inp):
+        for c in ((wr.out if wr is not None else None), inp):
             if c is not None:
                 try:
                     c.close()

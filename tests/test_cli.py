@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, shared_path
+from helpers import ROOT, shared_path
 from prfdn_jax.cli import main
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import shared_path
+from helpers import shared_path
 from prfdn_jax.cli import main
 
 

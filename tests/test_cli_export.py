@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from conftest import shared_path
+from helpers import frames_of, info, make_video, shared_path
 from prfdn_jax.cli import main
-from test_video import frames_of, info, make_video
 
 
 def run(args, capsys):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, shared_path
+from helpers import ROOT, shared_path
 from prfdn_jax import inference, registry
 from prfdn_jax.cli import build_parser, main
 from prfdn_jax.commands import common, upscale

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_image, shared_path
+from helpers import random_image, shared_path
 from prfdn_jax.checkpoint import (WeightsError, flat_params, load_any, load_model_file, load_torch,
                                   model_from_flat, save_model)
 from prfdn_jax.inference import make_apply

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from conftest import assert_same_batches, take
+from helpers import assert_same_batches, take
 from prfdn_jax import data, imaging, resize
 
 

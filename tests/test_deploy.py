@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import random_image, shared_path
+from helpers import random_branch_arch, random_image, random_merged_arch, shared_path
 from prfdn_jax.checkpoint import flat_params, load_torch, model_from_flat
 from prfdn_jax.deploy import deploy, lower_model, passes
 from prfdn_jax.deploy.graph import Conv
@@ -14,7 +14,6 @@ from prfdn_jax.inference import make_apply
 from prfdn_jax.networks import build
 from prfdn_jax.reparam import wide_to_merged
 from prfdn_jax.spec import branch_layouts, default_arch
-from test_networks import random_branch_arch, random_merged_arch
 
 REWRITES = {
     "fold_input_copies": passes.fold_input_copies,

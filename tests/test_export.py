@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, random_image, shared_path
+from helpers import ROOT, random_image, random_merged_arch, shared_path
 from converters import pruning
 from converters.export_torch import load_reference, torch_forward
 from converters.state_dict import torch_state_dict
@@ -25,7 +25,6 @@ from prfdn_jax.state_dict import (arch_and_flat_from_state_dict, flat_from_wide_
                                   read_pth, read_pth_with_notes, state_dict_from_flat_params, wide_arch_from_state_dict,
                                   wide_state_dict)
 from prfdn_jax.verify import verify
-from test_networks import random_merged_arch
 
 BUILTINS = {"prfdn-x2": "prfdn_x2_pruned", "prfdn-x3": "prfdn_x3_pruned", "rfdn-x4": "rfdn_aim_x4"}
 

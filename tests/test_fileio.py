@@ -41,3 +41,12 @@ def test_a_folder_in_the_way_leaves_no_temp_file(tmp_path):
         with atomic_write(tmp_path / "d") as tmp:
             tmp.write_text("x")
     assert os.listdir(tmp_path) == ["d"] and os.listdir(tmp_path / "d") == []
+
+
+def test_an_os_error_names_the_output_not_the_temp_file(tmp_path):
+    dst = tmp_path / "out.bin"
+    with pytest.raises(OSError) as ei:
+        with atomic_write(dst) as tmp:
+            raise OSError(28, "No space left on device", str(tmp))
+    assert ei.value.filename == str(dst) and ei.value.errno == 28
+    assert list(tmp_path.iterdir()) == []

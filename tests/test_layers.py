@@ -9,10 +9,31 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT
+from helpers import ROOT
 
 PACKAGES = ("prfdn_jax", "converters", "experiments")
 MAX_LINES = 450
+MAX_FUNCTION_LINES = 80  # argparse tables (add_arguments) excepted
+
+# Every module's layer: a module imports only from layers below its own (or from its own package:
+# spec/, deploy/, commands/, converters/, whose inner imports test_no_import_cycle checks). The README's
+# layer table is this map in words. A new module gets a row here.
+LAYERS = {
+    0: ("prfdn_jax", "prfdn_jax.spec", "prfdn_jax.backends", "prfdn_jax.extras", "prfdn_jax.fileio",
+        "prfdn_jax.metrics", "prfdn_jax.resize"),
+    1: ("prfdn_jax.blocks", "prfdn_jax.imaging", "prfdn_jax.state_dict"),
+    2: ("prfdn_jax.networks", "prfdn_jax.data"),
+    3: ("prfdn_jax.config", "prfdn_jax.inference", "prfdn_jax.macs", "prfdn_jax.prepare", "prfdn_jax.workdir"),
+    4: ("converters", "prfdn_jax.checkpoint", "prfdn_jax.configs", "prfdn_jax.evaluate", "prfdn_jax.runlog",
+        "prfdn_jax.train_step", "prfdn_jax.video"),
+    5: ("prfdn_jax.registry", "prfdn_jax.reparam", "prfdn_jax.train"),
+    6: ("prfdn_jax.deploy", "prfdn_jax.prune"),
+    7: ("prfdn_jax.export", "prfdn_jax.pipeline"),
+    8: ("prfdn_jax.bench", "prfdn_jax.verify"),
+    9: ("prfdn_jax.pareto", "prfdn_jax.commands"),
+    10: ("prfdn_jax.cli",),
+    11: ("experiments",),
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -103,6 +124,52 @@ def test_no_import_cycle():
 
 def test_cycle_finder_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def _group(module: str) -> str:
+    """The entry of :data:`LAYERS` that ``module`` belongs to (its longest listed prefix)."""
+    parts = module.split(".")
+    for n in range(len(parts), 0, -1):
+        g = ".".join(parts[:n])
+        if any(g in names for names in LAYERS.values()):
+            return g
+    raise AssertionError(f"{module}: not in tests/test_layers.py LAYERS; give it a layer")
+
+
+def _layer(module: str) -> int:
+    g = _group(module)
+    return next(k for k, names in LAYERS.items() if g in names)
+
+
+def test_every_import_goes_down_a_layer():
+    """No module imports from its own layer or above (function-local imports included), except inside
+    its own package."""
+    _, edges = _graph()
+    up = sorted(f"{m} (layer {_layer(m)}) imports {t} (layer {_layer(t)})" for m, ts in edges.items()
+                for t in ts if _group(m) != _group(t) and _layer(t) >= _layer(m))
+    assert not up, up
+
+
+def test_layer_check_finds_an_upward_import(monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "_graph", lambda: (None, {"prfdn_jax.checkpoint": {"converters.x"}}))
+    try:
+        test_every_import_goes_down_a_layer()
+    except AssertionError as e:
+        assert "prfdn_jax.checkpoint (layer 4) imports converters.x (layer 4)" in str(e)
+    else:
+        raise AssertionError("an import within one layer was not reported")
+
+
+def test_no_function_over_the_limit():
+    """No function or method over MAX_FUNCTION_LINES lines; argparse tables (``add_arguments``) excepted."""
+    long = []
+    for f in _modules().values():
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name != "add_arguments":
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    long.append(f"{f.relative_to(ROOT)}:{node.lineno} {node.name} ({n} lines)")
+    assert not long, long
 
 
 def test_spec_is_the_bottom_layer():

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_image
+from helpers import random_image
 from converters.export_torch import export_state_dict
 from converters.state_dict import state_dict_from_flat_params
 from converters.torch_modules import BranchNet as TorchBranchNet

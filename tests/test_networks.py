@@ -5,89 +5,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import random_image, shared_path
+from helpers import random_branch_arch, random_image, random_merged_arch, shared_path
 from helpers_torch import jax_forward, max_rel, torch_forward, torch_module
 from prfdn_jax.blocks import pixel_shuffle
 from prfdn_jax.checkpoint import flat_params
 from prfdn_jax.networks import build
-from prfdn_jax.spec import LAYOUTS, Arch, branch_layouts, check_widths, default_arch
+from prfdn_jax.spec import LAYOUTS, Arch, branch_layouts, default_arch
 
 IMPLS = ("vmap", "sequential", "grouped", "loop", "dense")
 BRANCH_LAYOUTS = branch_layouts()  # b4s, b2s, b2
-
-
-def _block(rng, p: str, n_in: int, steps: int, cat_p: bool, n_out: int | None = None) -> dict:
-    """Random consistent widths of one RFDB/SRFDB (every conv its own width, as after free pruning)."""
-    r = lambda: int(rng.integers(2, 9))  # noqa: E731
-    w = {}
-    for i in range(1, steps + 1):
-        w[f"{p}c{i}_d"] = (n_in, r())
-        w[f"{p}c{i}_r"] = (n_in, n_in)
-    w[f"{p}c4"] = (n_in, r())
-    cat_w = sum(w[f"{p}c{i}_d"][1] for i in range(1, steps + 1)) + w[f"{p}c4"][1]
-    if cat_p:
-        w[f"{p}cat_p"] = (cat_w, r())
-        cat_w = w[f"{p}cat_p"][1]
-    out = n_out or r() + 2
-    w[f"{p}c5"] = (cat_w, out)
-    f1, f2, f3, f4, f5 = (r() for _ in range(5))
-    w.update({f"{p}esa.conv1": (out, f1), f"{p}esa.conv_f": (f1, f5), f"{p}esa.conv_max": (f2, f3),
-              f"{p}esa.conv2": (f1, f2), f"{p}esa.conv3": (f3, f4), f"{p}esa.conv3_": (f4, f5),
-              f"{p}esa.conv4": (f5, out)})
-    return w
-
-
-def random_merged_arch(seed: int, layout: str, scale: int) -> Arch:
-    rng = np.random.default_rng(seed)
-    r = lambda lo=3, hi=10: int(rng.integers(lo, hi))  # noqa: E731
-    n, s, _ = LAYOUTS[layout]
-    depth = LAYOUTS[layout].depth
-    w = {"fea": (3 * n, r())}
-    f_w = w["fea"][1]
-    if s:
-        w["split_left"], w["split_right"] = (f_w, r()), (f_w, r())
-        sr = _block(rng, "srfdb.", w["split_right"][1], 1, cat_p=s > 1)
-        w.update(sr)
-        f_w = w["split_left"][1] + sr["srfdb.c5"][1]
-    b, outs = f_w, []
-    for d in range(depth):
-        blk = _block(rng, f"stages.{d}.", b, 3, cat_p=True)
-        w.update(blk)
-        b = blk[f"stages.{d}.c5"][1]
-        outs.append(b)
-    c_in = sum(outs)
-    if depth > 1:
-        w["cat_p"] = (c_in, r())
-        c_in = w["cat_p"][1]
-    nf = r()
-    w.update({"c": (c_in, r()), "split": (f_w, nf)})
-    w["LR_conv"] = (w["c"][1], nf)
-    w["upsampler"] = (nf, 3 * scale * scale)
-    arch = Arch.make("merged", layout, scale, w)
-    check_widths(arch)
-    return arch
-
-
-def random_branch_arch(seed: int, layout: str, scale: int, form: str = "branch") -> Arch:
-    """Uniformly pruned branch net: per-conv widths differ from the defaults, equal over branches."""
-    rng = np.random.default_rng(seed)
-    n, s, _ = LAYOUTS[layout]
-    nf = int(rng.integers(4, 10))
-    depth = default_arch(layout).depth
-    w = {"fea": (3, nf)}
-    if s:
-        w.update(_block(rng, "srfdb.", nf, 1, cat_p=False, n_out=nf))
-    b, outs = nf, []
-    for d in range(depth):
-        blk = _block(rng, f"stages.{d}.", b, 3, cat_p=False)
-        w.update(blk)
-        b = blk[f"stages.{d}.c5"][1]
-        outs.append(b)
-    c = int(rng.integers(3, 9))
-    w.update({"c": (n * sum(outs), c), "LR_conv": (c, nf), "upsampler": (nf, 3 * scale * scale)})
-    arch = Arch.make(form, layout, scale, w)
-    check_widths(arch)
-    return arch
 
 
 @pytest.mark.parametrize("r", [2, 3, 4])

@@ -13,7 +13,7 @@ import sys
 import pytest
 from PIL import Image
 
-from conftest import ROOT, shared_path
+from helpers import ROOT, shared_path
 
 SCRIPT = ("import sys; sys.modules['torch'] = None; sys.modules['torch_pruning'] = None; "
           "from prfdn_jax.cli import main; rc = main(sys.argv[1:]); "

@@ -11,7 +11,7 @@ from prfdn_jax.checkpoint import load_model_file
 from prfdn_jax.cli import main
 from prfdn_jax.config import load_config
 
-from conftest import ROOT, shared_path  # noqa: E402
+from helpers import ROOT, shared_path
 X2 = str(ROOT / "experiments" / "prfdn_x2.py")
 
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import assert_same_batches, take
+from helpers import assert_same_batches, take
 from prfdn_jax import data, imaging, prepare, resize
 
 pytestmark = pytest.mark.filterwarnings("ignore:skipping image")  # img3: under the folder pipeline's patch

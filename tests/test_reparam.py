@@ -3,13 +3,12 @@
 import numpy as np
 import pytest
 
-from conftest import random_image, shared_path
+from helpers import random_branch_arch, random_image, shared_path
 from helpers_torch import jax_forward, max_rel, torch_forward, torch_module
 from prfdn_jax.checkpoint import load_torch
 from prfdn_jax.networks import WideNet, build
 from prfdn_jax.reparam import branch_from_rfdn, reparam, wide_to_merged
 from prfdn_jax.spec import LAYOUTS, branch_layouts, default_arch
-from test_networks import random_branch_arch
 
 SRFDB_LAYOUTS = tuple(k for k in branch_layouts() if LAYOUTS[k].srfdb)  # b4s, b2s
 

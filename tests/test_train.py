@@ -24,7 +24,7 @@ from prfdn_jax.cli import main
 from prfdn_jax.config import ConfigError, TrainConfig, load_config, override
 from prfdn_jax.workdir import WorkdirError, load_workdir_model, workdir_manager
 
-from conftest import ROOT, shared_path  # noqa: E402  (conftest also sets the package's XLA flags)
+from helpers import ROOT, shared_path
 
 SMOKE = str(ROOT / "experiments" / "smoke_x2.py")
 EMA = 0.9  # ema_decay of the runs here (one compiled step for all of them)

@@ -22,7 +22,7 @@ from prfdn_jax.config import ConfigError, load_config
 from prfdn_jax.backends import configure_xla_flags, default_impl
 from prfdn_jax.workdir import load_workdir_model, workdir_manager
 
-from conftest import ROOT, shared_path  # noqa: E402
+from helpers import ROOT, shared_path
 
 configure_xla_flags()
 SMOKE = str(ROOT / "experiments" / "smoke_x2.py")

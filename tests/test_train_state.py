@@ -18,7 +18,7 @@ from prfdn_jax.checkpoint import flat_params
 from prfdn_jax.config import load_config
 from prfdn_jax.networks import default_arch
 
-from conftest import ROOT, shared_path  # noqa: E402
+from helpers import ROOT, shared_path
 
 SMOKE = str(ROOT / "experiments" / "smoke_x2.py")
 

@@ -24,7 +24,7 @@ from prfdn_jax.cli import main
 from prfdn_jax.config import load_config
 from prfdn_jax.workdir import WorkdirBusy, load_workdir_model, workdir_lock
 
-from conftest import ROOT, shared_path  # noqa: E402
+from helpers import ROOT, shared_path
 
 SMOKE = str(ROOT / "experiments" / "smoke_x2.py")
 EMA = 0.9

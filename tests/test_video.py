@@ -6,6 +6,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
+from helpers import FPS, H, SECONDS, W, frames_of, info, make_video
 from prfdn_jax import registry
 from prfdn_jax.deploy import deploy
 from prfdn_jax.inference import upscale_array
@@ -13,52 +14,6 @@ from prfdn_jax.video import VideoError, upscale_video
 
 av = pytest.importorskip("av")
 
-FPS, SECONDS, W, H = 10, 2, 64, 48
-
-
-def make_video(path, w=W, h=H, fps=FPS, seconds=SECONDS, vcodec="libx264", pix_fmt="yuv420p", audio="aac",
-               sample_rate=16000):
-    """A moving smooth colour pattern (and a 440 Hz sine as ``audio``), written with PyAV."""
-    c = av.open(str(path), "w")
-    vs = c.add_stream(vcodec, rate=fps)
-    vs.width, vs.height, vs.pix_fmt = w, h, pix_fmt
-    a = None
-    if audio:
-        a = c.add_stream(audio, rate=sample_rate)
-        a.layout = "mono"
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    for i in range(fps * seconds):
-        img = np.stack([128 + 100 * np.sin(xx / 9 + i / 3), 128 + 100 * np.cos(yy / 7 - i / 5),
-                        128 + 80 * np.sin((xx + yy) / 13 + i / 4)], -1).astype(np.uint8)
-        for p in vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-            c.mux(p)
-    for p in vs.encode(None):
-        c.mux(p)
-    if a is not None:
-        n = sample_rate * seconds
-        for s in range(0, n, 1024):
-            t = np.arange(s, min(s + 1024, n)) / sample_rate
-            fr = av.AudioFrame.from_ndarray((0.3 * np.sin(2 * np.pi * 440 * t) * 32767).astype(np.int16)[None],
-                                            format="s16", layout="mono")
-            fr.sample_rate, fr.pts = sample_rate, s
-            for p in a.encode(fr):
-                c.mux(p)
-        for p in a.encode(None):
-            c.mux(p)
-    c.close()
-    return path
-
-
-def frames_of(path) -> list[np.ndarray]:
-    with av.open(str(path)) as c:
-        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
-
-
-def info(path) -> dict:
-    with av.open(str(path)) as c:
-        v = c.streams.video[0]
-        return {"rate": v.average_rate, "size": (v.codec_context.width, v.codec_context.height),
-                "audio": [s.codec_context.name for s in c.streams.audio], "codec": v.codec_context.name}
 
 
 def psnr(a, b) -> float:

@@ -19,7 +19,7 @@ from prfdn_jax.cli import main
 from prfdn_jax.config import ConfigError, load_config
 from prfdn_jax.workdir import WorkdirError, load_workdir_model
 
-from conftest import ROOT, shared_path  # noqa: E402
+from helpers import ROOT, shared_path
 
 SMOKE = str(ROOT / "experiments" / "smoke_x2.py")
 STEPS = 6  # the smoke config checkpoints every 2 steps and keeps 2: steps 4 and 6 remain

@@ -16,7 +16,7 @@ HELP = "PSNR/SSIM on a folder with HR/ (and optional LR_bicubic/X{S}/)"
 
 
 def add_arguments(e) -> None:
-    from prfdn_jax.data import DEGRADATIONS
+    from prfdn_jax.resize import DEGRADATIONS
     from prfdn_jax.deploy import DTYPES
 
     add_model_args(e, required=True, scale_help="the scale to evaluate: checks that the model is xS (LR images "

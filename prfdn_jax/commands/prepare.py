@@ -8,7 +8,7 @@ HELP = "cut training images into HR sub-images with their exact LR (ArrayRecord)
 
 
 def add_arguments(pr) -> None:
-    from prfdn_jax.data import DEGRADATIONS
+    from prfdn_jax.resize import DEGRADATIONS
     from prfdn_jax.prepare import COMPRESSIONS
 
     pr.add_argument("data", nargs="+", metavar="DIR", help="folders of HR training images")

@@ -51,12 +51,10 @@ def bilinear_resize(x, h: int, w: int):
     return axis(axis(x, h, 1), w, 2)
 
 
-def _conv(x, op: Conv, dtype, grouped: str, pointwise_dot: bool = False):
+def _conv(x, op: Conv, dtype, grouped: str):
     dt = jnp.float32 if op.precise else dtype
     x = x.astype(dt)
     k = jnp.asarray(op.kernel, dt)
-    if pointwise_dot and op.k == 1 and op.stride == 1 and op.groups == 1:
-        return jnp.einsum("bhwc,cd->bhwd", x, k[0, 0]) + jnp.asarray(op.bias, dt)
     pad = ((op.pad, op.pad), (op.pad, op.pad))
     dn = ("NHWC", "HWIO", "NHWC")
     if op.groups > 1 and grouped == "loop":
@@ -71,12 +69,12 @@ def _conv(x, op: Conv, dtype, grouped: str, pointwise_dot: bool = False):
     return y + jnp.asarray(op.bias, dt)
 
 
-def evaluate(prog: Program, x, dtype=jnp.float32, grouped: str = "grouped", pointwise_dot: bool = False):
+def evaluate(prog: Program, x, dtype=jnp.float32, grouped: str = "grouped"):
     """The program's output for ``x`` ``(B, H, W, 3)`` in [0, 255] (traceable; float32 result)."""
     env = {prog.inp: x.astype(dtype)}
     for op in prog.ops:
         if isinstance(op, Conv):
-            v = _conv(env[op.src], op, dtype, grouped, pointwise_dot)
+            v = _conv(env[op.src], op, dtype, grouped)
         elif isinstance(op, Act):
             s = env[op.src]
             v = leaky_relu(s) if op.kind == "lrelu" else jax.nn.relu(s) if op.kind == "relu" else jax.nn.sigmoid(s)
@@ -108,22 +106,13 @@ def evaluate(prog: Program, x, dtype=jnp.float32, grouped: str = "grouped", poin
     return env[prog.out].astype(jnp.float32)
 
 
-def compile_program(prog: Program, dtype: str = "float32", grouped: str = "grouped", pointwise_dot: bool = False):
+def compile_program(prog: Program, dtype: str = "float32", grouped: str = "grouped"):
     """``f(x)``: jitted program, ``(B, H, W, 3)`` float in [0, 255] -> float32 SR (compiled per shape)."""
     dt = DTYPES[dtype]
     frozen = prog.copy()
 
     @jax.jit
     def f(x):
-        return evaluate(frozen, x, dt, grouped, pointwise_dot)
+        return evaluate(frozen, x, dt, grouped)
 
     return f
-
-
-def as_numpy_program(prog: Program) -> Program:
-    """The same program with every weight as a contiguous float32 NumPy array."""
-    p = prog.copy()
-    for op in p.convs():
-        op.kernel = np.ascontiguousarray(op.kernel, np.float32)
-        op.bias = np.ascontiguousarray(op.bias, np.float32)
-    return p
