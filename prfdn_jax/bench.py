@@ -210,9 +210,10 @@ def _train_jax(model, impl: str, dtype: str, lr: np.ndarray, hr: np.ndarray, war
 
 def bench_train(layout: str = "b4s", nf: int = 50, scale: int = 2, batch: int = 16, patch: int = 64, impls=None,
                 dtypes=("float32", "bfloat16"), backend: str = "both", warmup: int | None = None,
-                runs: int | None = None, torch_modes=None, seed: int = 0) -> dict:
-    """One training step of a ``layout`` net (branch form; ``rfdn``: RFDN, 4 blocks) on ``batch`` random
-    ``patch`` x ``patch`` HR patches (LR ``patch / scale``), JAX per apply path x dtype, PyTorch per mode.
+                runs: int | None = None, torch_modes=None, seed: int = 0, model: nnx.Module | None = None) -> dict:
+    """One training step of a ``layout`` net (branch form; ``rfdn``: RFDN, 4 blocks), or of ``model`` (any
+    form: its layout, widths and scale), on ``batch`` random ``patch`` x ``patch`` HR patches (LR
+    ``patch / scale``), JAX per apply path x dtype, PyTorch per mode.
 
     Returns ``{'jax': [rows], 'torch': [rows], 'jax_ms'`` (the default: the backend table's path and
     ``compute_dtype='auto'``), ``'jax_impl', 'jax_dtype', 'torch_ms'`` (best mode), ``'torch_mode', 'ratio'``
@@ -226,17 +227,22 @@ def bench_train(layout: str = "b4s", nf: int = 50, scale: int = 2, batch: int = 
     c = choices()
     warmup = c.train_warmup if warmup is None else warmup
     runs = c.train_runs if runs is None else runs
-    model = build(default_arch(layout, nf=nf, scale=scale, form="branch"), nnx.Rngs(seed))
+    if model is None:
+        model = build(default_arch(layout, nf=nf, scale=scale, form="branch"), nnx.Rngs(seed))
+    arch = model.arch
+    layout, scale, nf = arch.layout, arch.scale, arch.w["LR_conv"][1]
     rng = np.random.default_rng(seed)
     hr = rng.integers(0, 256, (batch, patch, patch, 3), dtype=np.uint8)
     lr = rng.integers(0, 256, (batch, patch // scale, patch // scale, 3), dtype=np.uint8)
     default = (resolve_impl(None), resolve_dtype("auto"))
     n_params = sum(int(np.size(v)) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
-    out = {"layout": layout, "nf": nf, "scale": scale, "batch": batch, "patch": patch, "params": n_params,
+    out = {"layout": layout, "form": arch.form, "nf": nf, "scale": scale, "batch": batch, "patch": patch,
+           "params": n_params,
            "warmup": warmup, "runs": runs, "device": _device(), "jax_impl": default[0], "jax_dtype": default[1]}
     if backend in ("jax", "both"):
-        if impls is None:
-            impls = ("vmap", *WIDE_IMPLS) if layout != "rfdn" else (default[0],)
+        if impls is None:  # vmap is a path of the branch form only; merged and RFDN nets have one
+            impls = {"branch": ("vmap", *WIDE_IMPLS), "wide": WIDE_IMPLS}.get(arch.form, (default[0],))
+            impls = impls if layout != "rfdn" else (default[0],)
         combos = [(i, d) for i in impls for d in dtypes]
         if default not in combos:
             combos.append(default)
@@ -259,7 +265,8 @@ def bench_train(layout: str = "b4s", nf: int = 50, scale: int = 2, batch: int = 
 
 def print_train(res: dict) -> None:
     """The training-step table: every JAX path x dtype and PyTorch mode, ms, images/s, ratio to the best PyTorch."""
-    print(f"train step, {res['layout']} nf={res['nf']} x{res['scale']} ({res['params']:,} params), batch "
+    print(f"train step, {res['layout']} {res.get('form', 'branch')} nf={res['nf']} x{res['scale']} "
+          f"({res['params']:,} params), batch "
           f"{res['batch']} x {res['patch']}x{res['patch']} HR patches, Adam + L1, {res['device']}; "
           f"{res['warmup']} warm-up + {res['runs']} timed steps")
     base = res.get("torch_ms")

@@ -236,7 +236,8 @@ def test_reparam_prune_eval_chain(tmp_path, capsys):
     """Issue 5's acceptance: reparam the B4S checkpoint, prune 0.5 in 2 steps, the result loads everywhere."""
     wide, pruned = tmp_path / "W.safetensors", tmp_path / "P.safetensors"
     assert run(["reparam", shared_path("weights", "rfdnb4s_branch_x4.pth"), wide], capsys)[0] == 0
-    code, out, _ = run(["prune", wide, pruned, "--ratio", 0.5, "--steps", 2], capsys)
+    code, out, _ = run(["prune", wide, pruned, "--ratio", 0.5, "--steps", 2, "--importance", "magnitude",
+                        "--size", "64x64"], capsys)
     assert code == 0 and "quality is not recovered" in out
     before, after = (int(s.replace(",", "")) for s in out.split("parameters ")[1].split(" (")[0].split(" -> "))
     assert after <= 0.6 * before
@@ -251,7 +252,7 @@ def test_reparam_prune_eval_chain(tmp_path, capsys):
 
 def test_prune_flag_errors(tmp_path, capsys):
     code, _, err = run(["prune", shared_path("weights", "prfdn_x2_pruned.pth"), tmp_path / "p.safetensors",
-                        "--ratio", 0.5, "--uniform"], capsys)
+                        "--ratio", 0.5, "--uniform", "--importance", "magnitude"], capsys)
     assert_one_line_error(code, err, "merged network")
     code, _, err = run(["prune", shared_path("weights", "prfdn_x2_pruned.pth"), tmp_path / "p.safetensors",
                         "--ratio", 1.5], capsys)

@@ -168,7 +168,10 @@ def test_prune_checks_every_option_before_pruning(tmp_path, tiny_x3, capsys, mon
         (["--steps", 0], "--steps must be >= 1"),
         (["--finetune-steps", -1], "--finetune-steps must be >= 0"),
         (["--finetune-steps", 2], "needs --data"),
-        (["--data", tmp_path], "--data is for finetuning: add --finetune-steps"),
+        (["--config", "x.py"], "--config is for finetuning: add --finetune-steps"),
+        ([], "or choose --importance magnitude"),  # Taylor, the default, needs a calibration batch
+        (["--importance", "magnitude", "--size", "12"], "expected HEIGHTxWIDTH"),
+        (["--importance", "magnitude", "--target-gmac", "0"], "--target-gmac must be > 0"),
         (["--finetune-steps", 2, "--data", tmp_path / "nope"], "no such folder"),
         (["--finetune-steps", 2, "--data", tmp_path / "empty"], "holds no images"),
         (["--finetune-steps", 2, "--data", tmp_path / "small"], "no image of at least 72x72"),
@@ -182,7 +185,9 @@ def test_prune_checks_every_option_before_pruning(tmp_path, tiny_x3, capsys, mon
     code, _, err = run(["prune", registry.info("rfdn-x4").path, dst, "--ratio", 0.5, "--finetune-steps", 1, "--data",
                         tmp_path / "small", "--config", "prfdn_jax.configs.smoke_x2"], capsys)
     assert_one_line_error(code, err, "LR patch 12 is below 15", "x4")  # a given config is not adapted
-    code, _, err = run(base[:2] + [tmp_path / "p.pth", "--ratio", 0.5], capsys)
+    code, _, err = run(base[:2] + [dst, "--importance", "magnitude"], capsys)
+    assert_one_line_error(code, err, "give --ratio R, or a budget")
+    code, _, err = run(base[:2] + [tmp_path / "p.pth", "--ratio", 0.5, "--importance", "magnitude"], capsys)
     assert_one_line_error(code, err, "use a .safetensors name")
     assert not dst.exists() and not (tmp_path / "p.pth").exists()
 

@@ -187,3 +187,20 @@ def test_bench_train_tiny(capsys):
     print_train(res)
     out = capsys.readouterr().out
     assert "| JAX " in out and "(default)" in out and "| PyTorch eager |" in out
+
+
+def test_bench_train_of_given_weights(tmp_path, capsys):
+    """`prfdn bench train --weights`: the step of that network (its form, widths and scale)."""
+    pytest.importorskip("torch")
+    from prfdn_jax.checkpoint import save_model
+    from prfdn_jax.reparam import wide_to_merged
+    from prfdn_jax.spec import default_arch
+    from prfdn_jax.train import random_init
+
+    merged = wide_to_merged(random_init(default_arch("b2", nf=6, scale=3, form="wide")))
+    path = save_model(tmp_path / "m.safetensors", merged)
+    code = main(["bench", "train", "--weights", str(path), "--batch", "2", "--patch", "48", "--dtype", "float32",
+                 "--warmup", "0", "--runs", "1", "--torch-modes", "eager", "--json"])
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and res["form"] == "merged" and res["scale"] == 3 and res["params"] == sum(
+        v.size for v in flat_params(merged).values()) and res["torch_mode"] == "eager" and res["jax_ms"] > 0

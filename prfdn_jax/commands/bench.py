@@ -126,16 +126,21 @@ def _bench_train(args) -> int:
             raise CLIError(f"--torch-modes: unknown mode {', '.join(bad)}; modes: {', '.join(TRAIN_MODES)}")
     if args.dtype_given and args.dtype not in COMPUTE_DTYPES:
         raise CLIError(f"--dtype: training runs in {' or '.join(d for d in COMPUTE_DTYPES if d != 'auto')}")
-    scale = args.scale or 2
+    model = None
+    if args.model or args.weights:  # a given network: its layout, widths and scale
+        refuse_options(args, ("--layout", "--nf"), "of `prfdn bench train` without --model/--weights")
+        check_model_args(args)
+        model, _ = resolve_model(args)
+    scale = model.arch.scale if model is not None else args.scale or 2
     patch = args.patch or 64
     if patch % scale or patch // scale < 15:
         raise CLIError(f"--patch {patch}: must be a multiple of the scale {scale} with an LR side of at least 15")
     res = bench_train(args.layout or "b4s", args.nf or 50, scale, args.batch or 16, patch,
                       dtypes=(args.dtype,) if args.dtype_given else ("float32", "bfloat16"), backend=backend,
-                      warmup=args.warmup, runs=args.runs, torch_modes=modes)
+                      warmup=args.warmup, runs=args.runs, torch_modes=modes, model=model)
     print_train(res)
     if args.json:
-        keys = ("jax_ms", "torch_ms", "torch_mode", "ratio", "device", "jax_impl", "jax_dtype", "layout", "nf",
-                "scale", "batch", "patch")
+        keys = ("jax_ms", "torch_ms", "torch_mode", "ratio", "device", "jax_impl", "jax_dtype", "layout", "form",
+                "nf", "params", "scale", "batch", "patch")
         print(json.dumps({k: res.get(k) for k in keys}))
     return 0
