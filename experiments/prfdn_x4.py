@@ -14,6 +14,7 @@ session, or a GPU, raises it and goes on. ``--cpu-smoke`` is a tiny profile for 
 
     python experiments/prfdn_x4.py                                 # CPU: prepare, prune, then finetune
     python experiments/prfdn_x4.py --steps 200000 --set batch=64   # go on (e.g. on a GPU)
+    python experiments/prfdn_x4.py --ship     # the finetune's EMA -> prfdn_jax/weights/prfdn_x4.safetensors
 """
 
 from __future__ import annotations
@@ -117,6 +118,46 @@ def finetune_stage(shared: Path, run: Path, prepared: Path, p: dict, overrides: 
     return train.train(cfg, run / "finetune", model=load_model_file(run / "pruned.safetensors"))
 
 
+EVAL_SETS = ("Set5", "Set14", "Urban100")
+SHIPPED = Path(__file__).resolve().parents[1] / "prfdn_jax" / "weights" / "prfdn_x4.safetensors"
+
+
+def ship(shared: Path, run: Path, dst: Path = SHIPPED) -> dict:
+    """The finetune's latest EMA, evaluated like ``prfdn eval`` (Y-PSNR, MATLAB-bicubic LR, ``scale``
+    border) on Set5/Set14/Urban100, written as a built-in model file; ``run/results.json`` gets the numbers."""
+    import hashlib
+    import json
+
+    from prfdn_jax.checkpoint import save_model
+    from prfdn_jax.evaluate import evaluate, load_eval_set
+    from prfdn_jax.macs import summary
+    from prfdn_jax.workdir import load_workdir_model
+
+    model = load_workdir_model(run / "finetune")
+    rows = list(csv.DictReader(open(run / "finetune" / "metrics.csv")))
+    step = int(rows[-1]["step"])
+    psnr = {}
+    for name in EVAL_SETS:
+        if (shared / "data" / name).is_dir():
+            items = load_eval_set(str(shared / "data" / name), SCALE)
+            psnr[name] = round(evaluate(model, items, SCALE, with_ssim=False)["psnr_y"], 3)
+            print(f"[prfdn_x4] {name}: {psnr[name]:.3f} dB ({len(items)} images)", flush=True)
+    source = shared.joinpath(*WEIGHTS)
+    sha = hashlib.sha256(source.read_bytes()).hexdigest()
+    s = summary(model, *SIZE)
+    wall, prev = 0.0, 0.0  # elapsed_s restarts with every resumed run: sum the runs
+    for r in rows:
+        t = float(r["elapsed_s"] or 0)
+        wall, prev = (wall + prev if t < prev else wall), t
+    res = {"step": step, "params": s["params"], "gmac_540x960": round(s["gmac"], 3), "psnr_y": psnr,
+           "finetune_wall_s": round(wall + prev, 1), "source_sha256": sha}
+    save_model(dst, model, source=f"made by prfdn-jax (experiments/prfdn_x4.py) from {WEIGHTS[1]}",
+               source_sha256=sha, finetune_step=str(step), psnr_y=json.dumps(psnr))
+    (run / "results.json").write_text(json.dumps(res, indent=1) + "\n")
+    print(f"[prfdn_x4] wrote {dst}: step {step}, {s['params']:,} params, {s['gmac']:.2f} GMAC at 540x960", flush=True)
+    return res
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", default=str(Path(__file__).resolve().parent / "runs" / "prfdn_x4"))
@@ -124,6 +165,7 @@ def main(argv=None) -> int:
     ap.add_argument("--shared", default=None)
     ap.add_argument("--steps", type=int, default=None, help="total finetune steps")
     ap.add_argument("--cpu-smoke", action="store_true")
+    ap.add_argument("--ship", action="store_true", help="write the finetune's EMA as the built-in prfdn-x4 and stop")
     ap.add_argument("--set", nargs="*", default=[], metavar="K=V", help="finetune config overrides")
     a = ap.parse_args(argv)
     p = dict(PROFILES["cpu_smoke" if a.cpu_smoke else "cpu"], smoke=a.cpu_smoke)
@@ -133,6 +175,9 @@ def main(argv=None) -> int:
 
     configure_xla_flags()
     shared, run = shared_root(a.shared), Path(a.run)
+    if a.ship:
+        ship(shared, run)
+        return 0
     work = Path(a.work) if a.work else Path(__file__).resolve().parents[1] / "runs" / f"{run.name}_work"
     run.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
