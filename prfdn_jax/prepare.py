@@ -95,7 +95,7 @@ def _list(dirs: list) -> list[Path]:
 
 def _write_pairs(tmp: Path, files: list[Path], jobs: list, workers: int, compression: str):
     """Cut every image of ``files`` (``jobs``: their :func:`_cut_star` arguments) into ``tmp`` (ArrayRecord);
-    ``(shapes, used, skipped)``; a warning for each skipped image."""
+    ``(shapes, used, skipped)`` (skipped: ``[(path, why)]``); a warning for each skipped image."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
     shapes, used, skipped = [], [], []
@@ -110,7 +110,7 @@ def _write_pairs(tmp: Path, files: list[Path], jobs: list, workers: int, compres
         for f, (recs, shp, why) in zip(files, results):
             if why:
                 warnings.warn(why, stacklevel=3)
-                skipped.append(str(f))
+                skipped.append((str(f), why))
                 continue
             for r in recs:
                 writer.write(r)
@@ -164,7 +164,7 @@ def prepare(dirs: Sequence[str | os.PathLike], out_path: str | os.PathLike, *, s
             "compression": COMPRESSIONS[compression], "scale": scale, "degradation": degradation,
             "sub_size": sub_size, "step": step, "count": len(shapes), "images": len(used), "bytes": size,
             "sources": [str(Path(d).resolve()) for d in dirs],
-            "skipped": skipped, "shapes": [list(s) for s in shapes],
+            "skipped": [f for f, _ in skipped], "shapes": [list(s) for s in shapes],
         }
         with atomic_write(side, mode=0o644) as tmp_side:
             tmp_side.write_text(json.dumps(meta, separators=(",", ":")) + "\n")
@@ -174,8 +174,14 @@ def prepare(dirs: Sequence[str | os.PathLike], out_path: str | os.PathLike, *, s
                                  f"({e.strerror or e})") from None
         raise data.DataError(f"{out_path}: could not write the prepared dataset ({e.strerror or e})") from None
     return {"records": str(records), "sidecar": str(side), "count": len(shapes), "images": len(used),
-            "skipped": len(skipped), "bytes": size, "bytes_per_pair": size / len(shapes),
+            "skipped": len(skipped), "skipped_why": dict(collections.Counter(_kind(w) for _, w in skipped)),
+            "bytes": size, "bytes_per_pair": size / len(shapes),
             "seconds": time.perf_counter() - t0}
+
+
+def _kind(why: str) -> str:
+    """The reason of a skip message of :func:`cut_image`, without the file: 'unreadable' or 'smaller than NxN'."""
+    return "unreadable" if why.startswith("skipping unreadable") else why.rsplit(" is ", 1)[-1]
 
 
 def _cpu_seconds() -> float:

@@ -25,3 +25,25 @@ def test_prepare_bad_input_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("prfdn: error:") and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o.array_record").exists()
+
+
+def test_prepare_with_skipped_images_succeeds_and_says_why(tmp_path):
+    """Issue 17.4: skipping an image used to end in `internal error (TypeError)`, exit 1, after a full write."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(src / "good.png")
+    Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)).save(src / "tiny.png")
+    (src / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "o.array_record"
+    p = subprocess.run([sys.executable, "-m", "prfdn_jax.cli", "prepare", str(src), "--out", str(out), "--scale",
+                        "2", "--sub-size", "32", "--step", "32"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "skipped 2 images (1 unreadable, 1 smaller than 30x30" in p.stdout and out.is_file()
+    assert "internal error" not in p.stderr and "tiny.png" in p.stderr and "broken.png" in p.stderr

@@ -31,5 +31,8 @@ def run(args) -> int:
                 degradation=args.degradation, workers=args.workers, compression=args.compression)
     print(f"prepared {s['count']} HR/LR pairs (x{args.scale}, {args.degradation}) from {s['images']} images "
           f"-> {args.out} ({s['bytes'] / 1e6:.1f} MB, {s['bytes_per_pair'] / 1e3:.0f} KB a pair, "
-          f"{s['seconds']:.1f} s)" + (f"; skipped {len(s['skipped'])}" if s.get("skipped") else ""))
+          f"{s['seconds']:.1f} s)")
+    if s["skipped"]:
+        why = ", ".join(f"{n} {kind}" for kind, n in s["skipped_why"].items())
+        print(f"skipped {s['skipped']} image{'s' * (s['skipped'] != 1)} ({why}; each named in a warning above)")
     return 0
