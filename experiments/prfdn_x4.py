@@ -122,6 +122,15 @@ EVAL_SETS = ("Set5", "Set14", "Urban100")
 SHIPPED = Path(__file__).resolve().parents[1] / "prfdn_jax" / "weights" / "prfdn_x4.safetensors"
 
 
+def pareto_png(run: Path) -> Path:
+    """``run/pareto.png`` from ``run/pareto.csv`` (its ``psnr`` column is Set5's)."""
+    from prfdn_jax import pareto
+
+    rows = [{("psnr_Set5" if k == "psnr" else k): v for k, v in r.items()} for r in pareto.read_csv(run / "pareto.csv")]
+    return pareto.plot(rows, run / "pareto.png", SIZE, title="prfdn-x4: budgeted pruning of the released B4S x4 "
+                                                            "(Taylor, 100 finetune steps a step)")
+
+
 def ship(shared: Path, run: Path, dst: Path = SHIPPED) -> dict:
     """The finetune's latest EMA, evaluated like ``prfdn eval`` (Y-PSNR, MATLAB-bicubic LR, ``scale``
     border) on Set5/Set14/Urban100, written as a built-in model file; ``run/results.json`` gets the numbers."""
@@ -154,6 +163,7 @@ def ship(shared: Path, run: Path, dst: Path = SHIPPED) -> dict:
     save_model(dst, model, source=f"made by prfdn-jax (experiments/prfdn_x4.py) from {WEIGHTS[1]}",
                source_sha256=sha, finetune_step=str(step), psnr_y=json.dumps(psnr))
     (run / "results.json").write_text(json.dumps(res, indent=1) + "\n")
+    pareto_png(run)
     print(f"[prfdn_x4] wrote {dst}: step {step}, {s['params']:,} params, {s['gmac']:.2f} GMAC at 540x960", flush=True)
     return res
 

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from helpers import random_image
-from converters.export_torch import export_state_dict
-from converters.state_dict import state_dict_from_flat_params
+from converters.state_dict import export_state_dict
 from converters.torch_modules import BranchNet as TorchBranchNet
 from converters.torch_modules import MergedNet as TorchMergedNet
 from converters.torch_modules import WideNet as TorchWideNet
@@ -15,7 +14,7 @@ from converters.torch_modules import build_from_state_dict
 from helpers_torch import jax_forward, max_rel, torch_forward
 from prfdn_jax import spec
 from prfdn_jax.checkpoint import flat_params
-from prfdn_jax.state_dict import arch_and_flat_from_state_dict
+from prfdn_jax.state_dict import arch_and_flat_from_state_dict, state_dict_from_flat_params
 from prfdn_jax.networks import build
 from prfdn_jax.reparam import reparam, wide_to_merged
 
@@ -36,7 +35,7 @@ def _numpy(sd) -> dict[str, np.ndarray]:
 def _round_trip(model, torch_type):
     """The model's PyTorch export: its reference module (of ``torch_type``) agrees, and reading the
     export back gives the same architecture and bit-identical parameters."""
-    sd = export_state_dict(model)
+    sd = export_state_dict(flat_params(model), model.arch)
     ref = build_from_state_dict(sd)
     assert isinstance(ref, torch_type)
     x = random_image(17, 16, seed=3)
