@@ -82,7 +82,8 @@ def record(step: int, model: nnx.Module, val: Callable | None = None, size: tupl
 def prune_model(model: nnx.Module, *, ratio: float, steps: int, uniform: bool = False,
                 importance: str = "magnitude", finetune: Callable | None = None, val: Callable | None = None,
                 calib=None, seed: int = 0, target_gmac: float | None = None, target_params: int | None = None,
-                size: tuple[int, int] = (1080, 1920), measure: Callable | None = None) -> tuple[nnx.Module, list[dict]]:
+                size: tuple[int, int] = (1080, 1920), measure: Callable | None = None,
+                progress: Callable[[dict], None] | None = None) -> tuple[nnx.Module, list[dict]]:
     """Prune ``model``'s channels by ``ratio`` in ``steps`` iterative Torch-Pruning steps.
 
     ratio: target fraction of channels removed from every dependency group (local ranking; step k
@@ -91,7 +92,8 @@ def prune_model(model: nnx.Module, *, ratio: float, steps: int, uniform: bool = 
       (lr, hr)``, NHWC float arrays in [0, 255]) or 'random'. uniform: see the module doc.
     finetune: ``finetune(model, step) -> model`` called after each step (the widths must not change).
     val: ``val(model) -> PSNR`` recorded in the history; measure: ``measure(model) -> dict`` merged into
-      every history entry (e.g. :func:`prfdn_jax.pareto.measurer`: latency and PSNR per set).
+      every history entry (e.g. :func:`prfdn_jax.pareto.measurer`: latency and PSNR per set);
+      progress: ``progress(entry)`` with each history entry as soon as it is recorded.
 
     target_gmac / target_params: a budget; pruning stops at the first step (after its finetune) whose
       network costs at most ``target_gmac`` GMAC at an input of ``size`` (H, W; ``macs.macs``, the NTIRE
@@ -123,6 +125,8 @@ def prune_model(model: nnx.Module, *, ratio: float, steps: int, uniform: bool = 
     module = to_torch(work)
     session = TorchPruner(module, ratio=ratio, steps=steps, importance=importance, calib=calib)
     history = [record(0, work, val, size, measure, ratio=0.0)]
+    if progress is not None:
+        progress(history[0])
     current = work
 
     def within(h: dict) -> bool:
@@ -140,6 +144,8 @@ def prune_model(model: nnx.Module, *, ratio: float, steps: int, uniform: bool = 
                     raise PruningError(f"finetune changed the architecture at step {k}")
                 current = tuned
             history.append(record(k, current, val, size, measure, ratio=session.target_ratio(k)))
+            if progress is not None:
+                progress(history[-1])
             if budget and within(history[-1]):
                 break
             if k < steps and finetune is not None:

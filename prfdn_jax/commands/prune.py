@@ -175,12 +175,16 @@ def _calibration(args, scale: int, val_sets: dict):
     return np.stack(lrs).astype(np.float32), np.stack(hrs).astype(np.float32)
 
 
-def _print_history(history: list[dict], size: tuple[int, int], set_names: list[str]) -> None:
+def _row_printer(size: tuple[int, int], set_names: list[str]):
+    """Print the table's header now and ``print_row(history entry)``: one line per step, as it comes."""
     head = f"{'step':>4} {'ratio':>6} {'params':>10} {'GMAC@' + 'x'.join(map(str, size)):>14} {'CPU ms':>8}"
-    print(head + "".join(f" {n[:10]:>10}" for n in set_names))
-    for h in history:
+    print(head + "".join(f" {n[:10]:>10}" for n in set_names), flush=True)
+
+    def print_row(h: dict) -> None:
         row = f"{h['step']:>4} {h['ratio']:>6.3f} {h['params']:>10,} {h['gmac']:>14.2f} {h.get('latency_ms', 0):>8.1f}"
-        print(row + "".join(f" {h.get('psnr_' + n, float('nan')):>10.3f}" for n in set_names))
+        print(row + "".join(f" {h.get('psnr_' + n, float('nan')):>10.3f}" for n in set_names), flush=True)
+
+    return print_row
 
 
 def run(args) -> int:
@@ -208,17 +212,22 @@ def run(args) -> int:
     uniform = args.uniform or (not args.free and model.arch.form != "merged")
     print(f"mode: {'uniform (every branch the same width; stays a wide grouped network)' if uniform else 'free (any width per layer; dense merged layout)'}"
           f", importance {args.importance}")
+    print_row, rows, folder = _row_printer(size, list(val_sets)), [], Path(args.dst).resolve().parent
+    title = f"prfdn prune {Path(args.src).name}"
+
+    def report(entry: dict) -> None:  # the report is rewritten after every step: kept if a later one fails
+        rows.append(entry)
+        print_row(entry)
+        pareto.write_report(rows, folder, size, title=title)
+
     pruned, history = prune_model(model, ratio=ratio, steps=steps, uniform=uniform, importance=args.importance,
                                   calib=calib, finetune=finetune_fn, target_gmac=args.target_gmac,
                                   target_params=args.target_params, size=size,
-                                  measure=pareto.measurer(size, val_sets))
-    _print_history(history, size, list(val_sets))
+                                  measure=pareto.measurer(size, val_sets), progress=report)
     n0, n1 = params_of(model), history[-1]["params"]
     print(f"parameters {n0:,} -> {n1:,} ({100 * (n1 - n0) / n0:+.1f}% against {args.src})")
     if not finetune_fn:
         print("note: pruned without finetuning (no --finetune-steps/--data): quality is not recovered")
     save_model(args.dst, pruned)
-    csv_path, png_path = pareto.write_report(history, Path(args.dst).resolve().parent, size,
-                                             title=f"prfdn prune {Path(args.src).name}")
-    print(f"wrote {args.dst} ({pruned.arch.form}), {csv_path} and {png_path}")
+    print(f"wrote {args.dst} ({pruned.arch.form}), {folder / pareto.CSV_NAME} and {folder / pareto.PNG_NAME}")
     return 0

@@ -30,8 +30,8 @@ def add_arguments(u) -> None:
                    help="run in PX x PX tiles, batched, overlaps feathered (default 0: the whole image, or "
                         "automatic tiles when it does not fit --memory-budget)")
     u.add_argument("--overlap", type=int, default=None, metavar="PX",
-                   help="LR pixels shared by neighbouring tiles (default 16: Urban100 within 0.002 dB of whole "
-                        "images)")
+                   help="LR pixels shared by neighbouring tiles (default 16: Urban100 x2 at tile 128 within 0.0012 dB "
+                        "of whole images)")
     u.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
                    help="compute dtype (float16/bfloat16: faster on GPUs; the output tail stays float32)")
     add_memory_budget(u)
