@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from prfdn_jax.fileio import atomic_write
+from prfdn_jax.fileio import atomic_write, no_such
 from prfdn_jax.networks import build_abstract, set_impl
 from prfdn_jax.spec import Arch, StateDictError
 from prfdn_jax.workdir import load_workdir_model
@@ -116,6 +116,12 @@ def read_model_file(path: str | os.PathLike) -> tuple[Arch, dict[str, np.ndarray
         raise WeightsError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
     if meta.get("format") != FORMAT or "arch" not in meta:
         raise WeightsError(f"{path}: a safetensors file without prfdn-jax metadata")
+    from prfdn_jax.state_dict import check_tensors
+
+    try:
+        check_tensors(flat, f"{path}: ")  # float tensors, finite: nothing loads as a black or white network
+    except StateDictError as e:
+        raise WeightsError(str(e)) from None
     try:
         arch = Arch.from_json(meta["arch"])
     except (ValueError, KeyError, TypeError) as e:
@@ -161,13 +167,15 @@ def load_any(path: str | os.PathLike, notes: list[str] | None = None) -> nnx.Mod
     or a training workdir. Notes on what was converted are appended to ``notes``."""
     p = Path(path)
     if not p.exists():
-        raise WeightsError(f"{p}: no such file or directory")
+        raise WeightsError(f"{p}: {no_such(p)}")
     if p.is_dir():
         return load_workdir_model(p)
-    with open(p, "rb") as fh:
-        head = fh.read(8)
-    if p.suffix == ".safetensors" or (len(head) == 8 and int.from_bytes(head, "little") < 100_000_000
-                                      and p.suffix not in (".pth", ".pt")):
+    from prfdn_jax.state_dict import sniff
+
+    kind = sniff(p)  # the content decides, not the name (a safetensors file named .bin, a .pth named .safetensors)
+    if kind is None and p.suffix not in (".safetensors", ".pth", ".pt"):
+        raise WeightsError(f"{p}: not a weights file (neither a PyTorch checkpoint nor a safetensors file)")
+    if kind == "safetensors" or (kind is None and p.suffix == ".safetensors"):
         if _has_our_metadata(p):
             return load_model_file(p)
         from prfdn_jax.state_dict import read_foreign_safetensors

@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from prfdn_jax.fileio import no_such
+
 SCHEDULES = ("constant", "cosine", "multistep")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")  # auto: bfloat16 on GPU/TPU, float32 on CPU
 STAGES = ("rfdn", "branch", "reparam", "prune")
@@ -180,7 +182,7 @@ def _config_module(spec: str):
     if spec.endswith(".py") or os.path.sep in spec or os.path.exists(spec):
         p = Path(spec)
         if not p.is_file():
-            raise ConfigError(f"{p}: no such config file")
+            raise ConfigError(f"{p}: {no_such(p, 'config file')}")
         modspec = importlib.util.spec_from_file_location(f"_prfdn_config_{p.stem}", p)
         module = importlib.util.module_from_spec(modspec)
         try:

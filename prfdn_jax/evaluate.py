@@ -32,7 +32,7 @@ import numpy as np
 from flax import nnx
 
 from prfdn_jax import imaging, resize
-from prfdn_jax.inference import upscale_array
+from prfdn_jax.inference import NonFiniteOutput, upscale_array
 from prfdn_jax.metrics import evaluate_pair
 from prfdn_jax.resize import DEGRADATIONS
 from prfdn_jax.workdir import host_tree
@@ -145,12 +145,16 @@ def evaluate(model, items: Sequence[EvalItem], scale: int, *, with_ssim: bool = 
     model: a network, or a forward ``f(x)`` (e.g. :func:`device_forward`). with_ssim=False skips the
     SSIMs (training validation needs PSNR-Y only). progress: called as ``progress(done, total)`` after
     each image. Returns ``{'rows': [{'image', 'psnr_y', ...}], 'images': n, 'psnr_y': mean, ...}``
-    (means of every metric computed; none for an empty set).
+    (means of every metric computed; none for an empty set). An output holding NaN or Inf raises
+    :class:`~prfdn_jax.inference.NonFiniteOutput` naming the image.
     """
     f = forward(model) if isinstance(model, nnx.Module) else model
     rows = []
     for i, (name, lr, hr) in enumerate(items):
-        sr = upscale_array(f, lr, scale)
+        try:
+            sr = upscale_array(f, lr, scale)
+        except NonFiniteOutput as e:  # no score of garbage: one line naming the image
+            raise NonFiniteOutput(f"{name}: {e}") from None
         rows.append({"image": name, **evaluate_pair(sr, hr, scale, with_ssim=with_ssim)})
         if progress is not None:
             progress(i + 1, len(items))

@@ -3,6 +3,13 @@
 :func:`export` writes atomically (:func:`prfdn_jax.fileio.atomic_write`): a failure leaves no partial
 file. Formats (:data:`FORMATS`):
 
+Value range: like the released weights, an exported network takes RGB in [0, 255] and returns [0, 255]
+(not clamped or rounded). ``value_range="01"`` (``prfdn export --range 01``, torch and onnx) writes a
+network that takes and returns [0, 1] instead: :func:`for_range` folds the ``/ 255`` of the input into
+the first conv (``fea``: its kernel times 255) and the ``* 255`` of the output into the last conv before
+the PixelShuffle (``upsampler``: kernel and bias / 255), exact up to float32 rounding; the PixelShuffle
+only moves values, and nothing adds the input to the output.
+
 * ``torch``: a plain state dict of float32 tensors (``torch.save``), loadable with
   ``torch.load(path, weights_only=True)`` into :func:`converters.torch_modules.build_from_state_dict`.
   Merged / branch / RFDN networks keep the released key names (a built-in model gives back exactly
@@ -10,7 +17,8 @@ file. Formats (:data:`FORMATS`):
   ``WideNet`` (:mod:`converters.export_torch`). Needs the ``torch`` extra.
 * ``onnx``: float32 ONNX, opset 17, input ``input`` ``(batch, 3, height, width)`` RGB in [0, 255]
   (NCHW), output ``output`` ``(batch, 3, scale*height, scale*width)`` in [0, 255], not clamped or
-  rounded; batch, height and width are dynamic. Needs the ``onnx`` extra.
+  rounded (with ``value_range="01"``: [0, 1]; the model's ``input_range`` property says which);
+  batch, height and width are dynamic. Needs the ``onnx`` extra.
 * ``safetensors``: our model file (:func:`prfdn_jax.checkpoint.save_model`).
 
 The ONNX route: the graph is written straight from the deployed program (:mod:`prfdn_jax.deploy`,
@@ -42,9 +50,11 @@ import numpy as np
 from prfdn_jax.extras import require_module, require_torch
 from prfdn_jax.fileio import atomic_write
 
-__all__ = ["FORMATS", "ONNX_OPSET", "ExportError", "export", "export_onnx", "onnx_model", "run_onnx"]
+__all__ = ["FORMATS", "ONNX_OPSET", "RANGES", "ExportError", "export", "export_onnx", "for_range", "onnx_model",
+           "run_onnx"]
 
 FORMATS = ("torch", "onnx", "safetensors")
+RANGES = ("255", "01")  # the value range of an exported network's input and output: [0, 255] or [0, 1]
 ONNX_OPSET = 17
 ONNX_IR_VERSION = 8  # the IR of opset 17: loadable by onnxruntime >= 1.12
 
@@ -70,16 +80,44 @@ def _write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     return path
 
 
-def export(model, fmt: str, out_path: str | os.PathLike) -> Path:
-    """Write ``model`` to ``out_path`` in format ``fmt`` (one of :data:`FORMATS`); returns the path."""
+def for_range(model, value_range: str = "255"):
+    """``model`` itself (``'255'``), or a copy that takes and returns [0, 1] (``'01'``): the input's
+    ``/ 255`` folded into ``fea`` (the only conv that reads the input, in every form), the output's
+    ``* 255`` into ``upsampler`` (the last conv; the PixelShuffle after it only moves values)."""
+    from prfdn_jax.checkpoint import flat_params, model_from_flat
+
+    if value_range not in RANGES:
+        raise ExportError(f"unknown value range {value_range!r}; choose from {', '.join(RANGES)}")
+    if value_range == "255":
+        return model
+    flat, k = flat_params(model), np.float32(255)
+    flat["fea.kernel"] = flat["fea.kernel"] * k
+    flat["upsampler.kernel"], flat["upsampler.bias"] = flat["upsampler.kernel"] / k, flat["upsampler.bias"] / k
+    return model_from_flat(model.arch, flat)
+
+
+def export(model, fmt: str, out_path: str | os.PathLike, value_range: str = "255") -> Path:
+    """Write ``model`` to ``out_path`` in format ``fmt`` (one of :data:`FORMATS`), taking and returning
+    ``value_range`` (:data:`RANGES`; ``'01'``: torch and onnx only); returns the path. The network is run
+    on a test image first: an output holding NaN or Inf raises
+    :class:`~prfdn_jax.inference.NonFiniteOutput` and nothing is written."""
     from prfdn_jax.checkpoint import flat_params, write_model_file
+    from prfdn_jax.deploy import deploy
+    from prfdn_jax.inference import NonFiniteOutput, check_network
 
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if fmt == "safetensors" and value_range != "255":
+        raise ExportError("--range 01 is for torch and onnx exports: a prfdn .safetensors model takes [0, 255]")
+    try:
+        check_network(deploy(model))
+    except NonFiniteOutput as e:
+        raise NonFiniteOutput(f"{e}; {out_path} not written") from None
+    model = for_range(model, value_range)
     if fmt == "safetensors":
         return _write(out_path, lambda tmp: write_model_file(tmp, model))
     if fmt == "onnx":
-        return export_onnx(model, out_path)
+        return export_onnx(model, out_path, value_range=value_range)
     require_torch("prfdn export --format torch")
     from converters.export_torch import TorchExportError, save_state_dict
 
@@ -90,8 +128,10 @@ def export(model, fmt: str, out_path: str | os.PathLike) -> Path:
 
 
 # ----------------------------------------------------------------------------- ONNX
-def onnx_model(model, opset: int = ONNX_OPSET):
-    """The ``onnx.ModelProto`` of ``model`` (see the module doc), checked with ``onnx.checker``."""
+def onnx_model(model, opset: int = ONNX_OPSET, value_range: str = "255"):
+    """The ``onnx.ModelProto`` of ``model`` (see the module doc), checked with ``onnx.checker``.
+    ``value_range``: what its doc string and ``input_range`` property say (the weights are ``model``'s:
+    :func:`for_range` folds the scaling)."""
     onnx = require_module("onnx", "ONNX export")
     from onnx import TensorProto, helper, numpy_helper
 
@@ -151,25 +191,26 @@ def onnx_model(model, opset: int = ONNX_OPSET):
             node("DepthToSpace", [op.src], op.out, blocksize=op.r, mode="CRD")
         else:  # pragma: no cover - every op kind of the deploy IR is handled above
             raise ExportError(f"no ONNX translation for the program op {type(op).__name__}")
-    r = prog.scale
+    r, vr = prog.scale, "[0, 1]" if value_range == "01" else "[0, 255]"
     graph = helper.make_graph(
         nodes, f"prfdn_x{r}",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 3, f"{r}*height", f"{r}*width"])],
         inits)
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="prfdn-jax",
-                          doc_string=f"x{r} super-resolution: input (batch, 3, H, W) RGB float in [0, 255] -> "
-                                     f"output (batch, 3, {r}H, {r}W), not clamped")
+                          doc_string=f"x{r} super-resolution: input (batch, 3, H, W) RGB float in {vr} -> "
+                                     f"output (batch, 3, {r}H, {r}W) in {vr}, not clamped")
     m.ir_version = ONNX_IR_VERSION
     helper.set_model_props(m, {"prfdn-jax.arch": model.arch.to_json(), "scale": str(r),
-                               "input_range": "0-255", "layout": "NCHW RGB"})
+                               "input_range": "0-1" if value_range == "01" else "0-255",
+                               "layout": "NCHW RGB"})
     onnx.checker.check_model(m, full_check=True)
     return m
 
 
-def export_onnx(model, out_path: str | os.PathLike, opset: int = ONNX_OPSET) -> Path:
+def export_onnx(model, out_path: str | os.PathLike, opset: int = ONNX_OPSET, value_range: str = "255") -> Path:
     """Write :func:`onnx_model` of ``model`` to ``out_path`` atomically."""
-    m = onnx_model(model, opset)
+    m = onnx_model(model, opset, value_range)
     return _write(out_path, lambda tmp: tmp.write_bytes(m.SerializeToString()))
 
 

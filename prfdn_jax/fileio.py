@@ -8,12 +8,13 @@ under the final name.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_write", "default_mode"]
+__all__ = ["atomic_write", "default_mode", "no_such"]
 
 
 def default_mode() -> int:
@@ -21,6 +22,19 @@ def default_mode() -> int:
     umask = os.umask(0o022)
     os.umask(umask)
     return 0o666 & ~umask
+
+
+def no_such(path: str | os.PathLike, what: str = "file or directory") -> str:
+    """Why ``path`` cannot be opened, for a message ``f"{path}: {no_such(path)}"``: ``'symlink loop'``,
+    ``'broken symlink (to ...)'`` or ``f'no such {what}'`` (``Path.exists`` is False for all three)."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "symlink loop (too many levels of symbolic links)"
+        if os.path.islink(path):
+            return f"broken symlink (it points to {os.readlink(path)}, which does not exist)"
+    return f"no such {what}"
 
 
 def _fsync(path: str | os.PathLike, directory: bool = False) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image as _PILImage
 from PIL import ImageFile, ImageOps, UnidentifiedImageError
 
-from prfdn_jax.fileio import atomic_write
+from prfdn_jax.fileio import atomic_write, no_such
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -119,7 +119,7 @@ def read_image(path: str | os.PathLike) -> Image:
     """
     p = Path(path)
     if not p.exists():
-        raise ImageError(f"{p}: no such file")
+        raise ImageError(f"{p}: {no_such(p, 'file')}")
     if p.is_dir():
         raise ImageError(f"{p}: is a directory, not an image file")
     if not p.is_file():
@@ -308,7 +308,7 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     """
     d = Path(folder)
     if not d.exists():
-        raise ImageError(f"{d}: no such folder")
+        raise ImageError(f"{d}: {no_such(d, 'folder')}")
     if not d.is_dir():
         raise ImageError(f"{d}: not a folder")
     return sorted(

@@ -33,15 +33,41 @@ def make_apply(model: nnx.Module, impl: str | None = None) -> Callable[[np.ndarr
     return lambda x: f(state, jnp.asarray(x, jnp.float32))
 
 
+class NonFiniteOutput(ValueError):
+    """The network output holds NaN or Inf (broken weights, or weights that overflow float32): one line."""
+
+
+def check_finite(y, what: str = "the network output") -> None:
+    """Raise :class:`NonFiniteOutput` if ``y`` holds NaN or Inf. The one check every path that writes a
+    network's output goes through (:func:`to_uint8`: images, tiles, eval, video; :func:`check_network`:
+    export), so garbage is refused instead of being written as a black or white image."""
+    y = np.asarray(y)
+    if not np.isfinite(y).all():
+        counts = ((int(np.isnan(y).sum()), "NaN"), (int(np.isinf(y).sum()), "infinite"))
+        values = " and ".join(f"{n} {kind} value{'s' if n > 1 else ''}" for n, kind in counts if n)
+        raise NonFiniteOutput(f"{what} is not finite ({values}): the weights are broken or overflow float32")
+
+
+def check_network(apply: Callable, size: int = 2 * MIN_SIZE) -> None:
+    """Run ``apply`` on a fixed ``size x size`` image-like input; :class:`NonFiniteOutput` if its output is
+    not finite (weights that overflow float32 are finite themselves: only the output shows it)."""
+    yy, xx = np.mgrid[0:size, 0:size] / (size - 1)
+    x = np.stack([xx, yy, 1 - (xx + yy) / 2], -1)[None] * 200 + 20
+    check_finite(apply(x.astype(np.float32)), "the network output on a test image")
+
+
 def to_uint8(y, rows: int = 256) -> np.ndarray:
     """Round and clamp float pixels to uint8 (round half to even, like ``jnp.round``), ``rows`` rows at a
-    time along axis -3, so a large output needs no full-size float temporaries."""
+    time along axis -3, so a large output needs no full-size float temporaries. A NaN or Inf raises
+    :class:`NonFiniteOutput` (:func:`check_finite`) instead of becoming black or white."""
     y = np.asarray(y)
     out = np.empty(y.shape, np.uint8)
     if y.ndim < 3:
+        check_finite(y)
         return np.clip(np.rint(y), 0, 255, out=out, casting="unsafe")
     for r in range(0, y.shape[-3], rows):
         sl = (Ellipsis, slice(r, r + rows), slice(None), slice(None))
+        check_finite(y[sl])
         out[sl] = np.clip(np.rint(y[sl]), 0, 255)
     return out
 

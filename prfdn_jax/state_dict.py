@@ -17,7 +17,8 @@ Reading returns the state dict plus *notes*, one line per conversion:
 * wrappers ``{'params_ema': sd, 'params': sd}`` (BasicSR: the EMA weights are preferred and a note
   says which was used), ``{'state_dict': sd}``, ``{'model': sd}``, nested in any order;
 * DataParallel / DDP ``module.`` prefixes (stripped);
-* float16 / bfloat16 / float64 tensors (converted to float32);
+* float16 / bfloat16 / float64 tensors (converted to float32); integer or bool tensors, and tensors holding
+  NaN or Inf, are refused (:func:`check_tensors`: one line naming the file and the tensor);
 * ``.safetensors`` files WITHOUT our prfdn-jax metadata (:func:`read_foreign_safetensors`);
 * ``.pth`` files (:func:`read_pth_with_notes`: the one function that needs torch, reached through
   :func:`prfdn_jax.extras.require_torch`, with ``weights_only=True``).
@@ -41,12 +42,14 @@ from prfdn_jax.extras import require_torch
 from prfdn_jax.spec import (LAYOUTS, Arch, StateDictError, arch_from_state_dict, c5_columns, check_state_dict,
                             conv_table, groupcat_perm, is_stacked, scale_from_upsampler, width_errors)
 
-__all__ = ["WRAPPERS", "StateDictError", "arch_and_flat_from_state_dict", "as_float32", "flat_from_wide_state_dict",
+__all__ = ["WRAPPERS", "StateDictError", "arch_and_flat_from_state_dict", "as_float32", "check_tensors", "sniff",
+           "flat_from_wide_state_dict",
            "flat_params_from_state_dict", "is_wide_state_dict", "read_foreign_safetensors", "read_pth",
            "read_pth_with_notes", "state_dict_from_flat_params", "unmatched_keys", "unwrap_state_dict",
            "wide_arch_from_state_dict", "wide_state_dict"]
 
 WRAPPERS = ("params_ema", "params", "state_dict", "model")  # preference order when several are present
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")  # what a weight may be stored as
 _MAX_NAMED = 3  # keys named in an "unknown architecture" message
 
 _BLOCK = r"(?:c\d+_[dr]|c4|c5|cat_p|esa\.(?:conv1|conv_f|conv_max|conv2|conv3|conv3_|conv4))"
@@ -100,8 +103,39 @@ def as_float32(sd: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], lis
     return out, _dtype_notes(converted)
 
 
+def check_tensors(sd: Mapping[str, object], where: str = "", dtypes: Mapping[str, str] | None = None) -> None:
+    """Raise :class:`StateDictError` (one line: ``where``, then the tensor) for a tensor that is not floating
+    point (``dtypes``: its dtype name, default the array's) or holds NaN / Inf (checked as float32, so a
+    float64 value beyond float32's range counts as Inf). Integer, bool and quantized tensors would be
+    converted to plausible-looking wrong weights; non-finite ones give a black or white image."""
+    names = dtypes if dtypes is not None else {k: str(np.asarray(v).dtype) for k, v in sd.items()}
+    for k, dt in names.items():
+        if dt not in FLOAT_DTYPES:
+            raise StateDictError(f"{where}tensor {k!r} is {dt}, not floating point (prfdn reads float weights; "
+                                 "integer, bool or quantized tensors are not supported)")
+    for k, v in sd.items():
+        with np.errstate(over="ignore"):
+            a = np.asarray(v, np.float32)
+        if not np.isfinite(a).all():
+            counts = ((int(np.isnan(a).sum()), "NaN"), (int(np.isinf(a).sum()), "infinite"))
+            what = " and ".join(f"{n} {kind} value{'s' if n > 1 else ''}" for n, kind in counts if n)
+            raise StateDictError(f"{where}tensor {k!r} holds {what}; weights must be finite")
+
+
 def _dtype_notes(converted: Mapping[str, int]) -> list[str]:
     return [f"converted {n} {dt} tensor{'s' if n > 1 else ''} to float32" for dt, n in sorted(converted.items())]
+
+
+def sniff(path: str | os.PathLike) -> str | None:
+    """What the content of ``path`` is, whatever its name: ``'safetensors'`` (an 8-byte header length, then
+    the JSON header's ``{``), ``'torch'`` (``torch.save``'s zip archive, or a legacy pickle), or None."""
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if len(head) == 9 and head[8:9] == b"{":
+        return "safetensors"
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return "torch"
+    return None
 
 
 def read_foreign_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -126,6 +160,7 @@ def read_foreign_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndar
         else:
             nested[k] = v
     sd, notes = unwrap_state_dict(nested, f"{path}: ")
+    check_tensors(sd, f"{path}: ")
     sd, more = as_float32(sd)
     return sd, notes + more
 
@@ -146,8 +181,11 @@ def read_pth_with_notes(path: str | os.PathLike) -> tuple[dict[str, np.ndarray],
     sd, notes = unwrap_state_dict(obj, f"{path}: ")
     if not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise StateDictError(f"{path}: not a PyTorch state dict (expected a dict of tensors)")
-    converted = Counter(str(v.dtype).removeprefix("torch.") for v in sd.values() if v.dtype != torch.float32)
+    dtypes = {k: str(v.dtype).removeprefix("torch.") for k, v in sd.items()}
+    check_tensors({}, f"{path}: ", dtypes)  # before the conversion, which would turn int8 / bool into floats
+    converted = Counter(dt for dt in dtypes.values() if dt != "float32")
     sd = {k: v.detach().float().numpy() for k, v in sd.items()}  # bfloat16 has no numpy dtype: via float32
+    check_tensors(sd, f"{path}: ")
     return sd, notes + _dtype_notes(converted)
 
 

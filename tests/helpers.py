@@ -4,6 +4,8 @@ the shared data folder, random inputs and architectures, data-iterator checks, s
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,17 @@ def shared_path(*parts) -> Path:
     if not p.exists():
         pytest.skip(f"shared data not found: {p} (set PRFDN_SHARED)")
     return p
+
+
+def run_prfdn(*args, cwd=None, timeout=600) -> subprocess.CompletedProcess:
+    """``python -m prfdn_jax.cli ARGS`` in a real subprocess (exit code, stdout, stderr as text)."""
+    return subprocess.run([sys.executable, "-m", "prfdn_jax.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout)
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The non-empty lines of ``stderr``."""
+    return [ln for ln in stderr.splitlines() if ln.strip()]
 
 
 def random_image(h=24, w=20, seed=0, batch=1) -> np.ndarray:

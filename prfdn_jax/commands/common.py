@@ -126,6 +126,33 @@ def check_writable(path: Path, what: str = "output", folder: bool = False) -> No
         raise CLIError(f"{path}: cannot write the {what}: folder {anc} is not writable")
 
 
+def same_file(a, b) -> bool:
+    """Whether paths ``a`` and ``b`` name one file: equal after resolving symlinks, ``.``/``..`` and the
+    working folder, or the same inode (a hard link)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (or cannot be reached)
+        return False
+
+
+def check_outputs(outputs, inputs, overwrite: bool = False, replaceable=()) -> None:
+    """The rule of every command that writes files: an output is never one of the ``inputs`` (compared by
+    :func:`same_file`; even with ``--overwrite``: the command reads it), and an existing output is replaced
+    only with ``overwrite`` (``replaceable``: outputs that are always rewritten, e.g. a report beside DST)."""
+    inputs = [p for p in inputs if p]
+    for out in outputs:
+        for src in inputs:
+            if same_file(out, src):
+                same = os.path.abspath(out) == os.path.abspath(src)
+                why = "" if same else f" (the same file: {os.path.realpath(src)})"
+                raise CLIError(f"{out}: is the input {src}{why}; refusing to write onto an input, even with "
+                               "--overwrite: choose another output name")
+        if os.path.lexists(out) and not overwrite and out not in replaceable and not os.path.isdir(out):
+            raise CLIError(f"{out}: exists (add --overwrite to replace it)")
+
+
 def check_model_dst(dst: str) -> Path:
     """The output model file: a writable ``.safetensors`` path."""
     p = Path(dst)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prfdn_jax.commands.common import SCALES
+from prfdn_jax.commands.common import SCALES, check_outputs
 
 HELP = "cut training images into HR sub-images with their exact LR (ArrayRecord), for fast training input"
 
@@ -20,13 +20,16 @@ def add_arguments(pr) -> None:
     pr.add_argument("--degradation", choices=DEGRADATIONS, default="matlab",
                     help="how LR is made: MATLAB bicubic (default) or NTIRE (PIL bicubic + JPEG 90)")
     pr.add_argument("--workers", type=int, default=0, help="worker processes (default 0)")
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing prepared dataset at --out")
     pr.add_argument("--compression", choices=tuple(COMPRESSIONS), default="none",
                     help="record compression (zstd: 15%% smaller, 2x slower to read; default none)")
 
 
 def run(args) -> int:
+    from prfdn_jax.data import prepared_paths
     from prfdn_jax.prepare import prepare
 
+    check_outputs([str(p) for p in prepared_paths(args.out)], args.data, args.overwrite)
     s = prepare(args.data, args.out, scale=args.scale, sub_size=args.sub_size, step=args.step,
                 degradation=args.degradation, workers=args.workers, compression=args.compression)
     print(f"prepared {s['count']} HR/LR pairs (x{args.scale}, {args.degradation}) from {s['images']} images "

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prfdn_jax.commands.common import CLIError, check_model_dst, eval_set
+from prfdn_jax.commands.common import CLIError, check_model_dst, check_outputs, eval_set
 from prfdn_jax.config import IMPORTANCES
 from prfdn_jax.extras import require_torch
 
@@ -57,6 +57,7 @@ def add_arguments(q) -> None:
                         f"packaged smoke config ({DEFAULT_FINETUNE_CONFIG}) with the network's scale and a 24*scale "
                         "px patch")
     q.add_argument("--val", nargs="+", metavar="DIR", help="validation folders with HR/ (Y-PSNR per step and set)")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing DST (never SRC)")
     q.add_argument("--calib", type=int, default=16, metavar="N", help="Taylor importance: calibration patches "
                    "(default 16)")
 
@@ -151,6 +152,10 @@ def _check_args(args) -> tuple[float, int, tuple[int, int]]:
         if not Path(d).is_dir():
             raise CLIError(f"--val {d}: no such folder")
     check_model_dst(args.dst)
+    from prfdn_jax.pareto import CSV_NAME, PNG_NAME
+
+    report = [str(Path(args.dst).parent / name) for name in (CSV_NAME, PNG_NAME)]  # rewritten by every run
+    check_outputs([args.dst, *report], [args.src, args.config], args.overwrite, replaceable=report)
     return ratio, steps, parse_size(args.size)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prfdn_jax.commands.common import CLIError, check_model_dst
+from prfdn_jax.commands.common import CLIError, check_model_dst, check_outputs
 
 HELP = "merge a branch network's branches into one wide network (exact)"
 
@@ -12,6 +12,7 @@ def add_arguments(r) -> None:
     r.add_argument("dst", metavar="DST", help="output model file (.safetensors)")
     r.add_argument("--merged", action="store_true",
                    help="write the dense merged layout (concat/split as 1x1 convs) instead of the grouped wide one")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing DST (never SRC)")
 
 
 def _check_equal(a, b, size: int = 48) -> float:
@@ -32,6 +33,7 @@ def run(args) -> int:
     from prfdn_jax.reparam import reparam, wide_to_merged
 
     check_model_dst(args.dst)
+    check_outputs([args.dst], [args.src], args.overwrite)
     src = load_any(args.src)
     if src.arch.form == "merged":
         raise CLIError(f"{args.src}: already a merged network; reparam takes a branch network")

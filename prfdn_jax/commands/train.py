@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prfdn_jax.commands.common import CLIError, check_run_folders
+from prfdn_jax.fileio import no_such
 
 HELP = "train (or resume) a network from a config (see experiments/)"
 
@@ -41,7 +42,7 @@ def run(args) -> int:
         raise CLIError(f"--steps must be >= 0, got {args.steps}")
     if args.init:
         if not Path(args.init).exists():
-            raise CLIError(f"--init {args.init}: no such file or directory")
+            raise CLIError(f"--init {args.init}: {no_such(args.init)}")
         config = config.replace(init_weights=args.init)
     check_run_folders(args)
     return train_until_stopped(config, args)

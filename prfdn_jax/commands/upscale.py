@@ -14,6 +14,7 @@ from pathlib import Path
 from prfdn_jax.commands.common import (EXIT_ERROR, CLIError, add_memory_budget, add_model_args, auto_tile,
                                        budget_gb, check_model_args, check_writable, one_line, progress,
                                        resolve_model)
+from prfdn_jax.fileio import no_such
 
 HELP = "upscale images with a built-in or given model"
 TILE_BAR_MIN = 8  # a progress bar over the tiles of one image when it has more than this many
@@ -92,7 +93,7 @@ def _collect_inputs(inputs: list[str]) -> tuple[list[Path], bool]:
         elif p.exists():
             paths.append(p)
         else:
-            raise CLIError(f"{p}: no such file or directory")
+            raise CLIError(f"{p}: {no_such(p)}")
     return paths, had_dir
 
 
@@ -127,7 +128,7 @@ def _plan_outputs(paths: list[Path], had_dir: bool, out: Path, overwrite: bool) 
 def run(args) -> int:
     from prfdn_jax.deploy import deploy
     from prfdn_jax.imaging import ImageError, read_image, write_image
-    from prfdn_jax.inference import DEFAULT_OVERLAP, MIN_SIZE, upscale_array
+    from prfdn_jax.inference import DEFAULT_OVERLAP, MIN_SIZE, NonFiniteOutput, upscale_array
 
     overlap = DEFAULT_OVERLAP if args.overlap is None else args.overlap
     if args.tile < 0 or 0 < args.tile < MIN_SIZE:
@@ -143,7 +144,7 @@ def run(args) -> int:
         if len(args.inputs) != 1 or not is_video(args.output):
             raise CLIError("a video is upscaled on its own: prfdn upscale IN.mp4 -o OUT.mp4")
         if not Path(args.inputs[0]).is_file():
-            raise CLIError(f"{args.inputs[0]}: no such file")
+            raise CLIError(f"{args.inputs[0]}: {no_such(args.inputs[0], 'file')}")
         return _upscale_video(args, Path(args.inputs[0]))
     paths, had_dir = _collect_inputs(args.inputs)
     out = Path(args.output)
@@ -184,6 +185,8 @@ def run(args) -> int:
                 print(f"note: {src}: {note}", file=sys.stderr)
             if len(paths) == 1:
                 print(f"{src} -> {dst} ({w}x{h} -> {w * scale}x{h * scale}, {label})")
+        except NonFiniteOutput as e:  # the weights: every other image would fail too
+            raise CLIError(f"{src}: {e}; {dst} not written") from None
         except (ImageError, ValueError, OSError) as e:
             failed += 1
             print(f"prfdn: error: {one_line(e)}", file=sys.stderr)
