@@ -30,9 +30,10 @@ LAYERS = {
     6: ("prfdn_jax.deploy", "prfdn_jax.prune"),
     7: ("prfdn_jax.export", "prfdn_jax.pipeline"),
     8: ("prfdn_jax.bench", "prfdn_jax.verify"),
-    9: ("prfdn_jax.pareto", "prfdn_jax.commands"),
-    10: ("prfdn_jax.cli",),
-    11: ("experiments",),
+    9: ("prfdn_jax.pareto",),
+    10: ("prfdn_jax.commands",),
+    11: ("prfdn_jax.cli",),
+    12: ("experiments",),
 }
 
 
