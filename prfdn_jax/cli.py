@@ -8,8 +8,11 @@ so ``prfdn --help`` starts fast and only the commands that need PyTorch import i
 One convention for every command: bad input (a missing file, a bad config, weights that do not
 load, a missing optional dependency, a diverged training run) ends in exactly one line on stderr,
 ``prfdn: error: ...``, and exit status 1, never a traceback (``PRFDN_DEBUG=1`` shows it); a command
-line argparse rejects exits 2 with argparse's usage message; Ctrl-C exits 130. Outputs are written
-atomically, so a failure leaves no file. Python warnings print as one line each, ``prfdn: warning: ...``.
+line argparse rejects exits 2 with argparse's usage message; Ctrl-C exits 130 and SIGTERM 143, each with
+one line: SIGTERM is raised in the main thread as :class:`Terminated`, a KeyboardInterrupt, so it unwinds
+like Ctrl-C (training checkpoints first: ``commands/train.py``). Outputs are written atomically, so a
+failure or an interruption leaves no file, temp files included. Python warnings print as one line each,
+``prfdn: warning: ...``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Iterable
 
@@ -30,6 +35,16 @@ COMMANDS = ("upscale", "eval", "models", "export", "verify", "reparam", "prune",
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread (:func:`main`), so that every ``finally`` and every
+    :func:`~prfdn_jax.fileio.atomic_write` cleanup runs, as for Ctrl-C."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
 
 
 def command_module(name: str):
@@ -83,7 +98,8 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; returns the exit status (0 done, 1 error, 2 bad command line, 130 interrupted)."""
+    """Run one command; returns the exit status (0 done, 1 error, 2 bad command line, 130 interrupted, 143
+    terminated)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     configure_xla_flags()  # before JAX starts a backend; the user's XLA_FLAGS win
     command = next((a for a in argv if not a.startswith("-")), None)  # prfdn's own options take no value
@@ -93,19 +109,24 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE if isinstance(e.code, str) else int(e.code or 0)
     formatter = warnings.formatwarning
     warnings.formatwarning = _format_warning
+    main_thread = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         return _run(args)
     finally:
         warnings.formatwarning = formatter
+        if main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)
 
 
 def _run(args) -> int:
     try:
         return args.func(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         resume = "; resume with the same --workdir" if args.cmd in ("train", "pipeline") else ""
-        print(f"prfdn: interrupted{resume}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"prfdn: {what}{resume}", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 - the one place that turns errors into one line
         if os.environ.get("PRFDN_DEBUG"):
             raise

@@ -53,9 +53,9 @@ from prfdn_jax.networks import Arch, build_abstract, default_arch, set_impl, wit
 from prfdn_jax.runlog import Progress
 from prfdn_jax.train_step import (TrainState, cached_train_step, init_state, make_optimizer, make_schedule,
                                   make_train_step, resolve_dtype, resolve_impl)
-from prfdn_jax.workdir import (CHECKPOINTS, host, host_tree, previous_config, read_workdir_arch, record_run,
-                               restore_checkpoint, save_checkpoint, set_aside_skipped, tidy, workdir_lock,
-                               workdir_manager)
+from prfdn_jax.workdir import (CHECKPOINTS, disk_full_in_one_line, host, host_tree, previous_config,
+                               read_workdir_arch, record_run, restore_checkpoint, save_checkpoint, set_aside_skipped,
+                               tidy, workdir_lock, workdir_manager)
 
 __all__ = ["TrainingDiverged", "TrainingStopped", "TrainConfig", "TrainState", "ConfigError", "random_init",
            "init_model", "make_schedule", "make_optimizer", "cached_train_step", "make_train_step",
@@ -237,7 +237,7 @@ def run(config, workdir, data_dirs=None, steps: int | None = None, model: nnx.Mo
     created = not workdir.exists()
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        with workdir_lock(workdir, enabled=mesh.is_main):
+        with workdir_lock(workdir, enabled=mesh.is_main), disk_full_in_one_line(workdir):
             return _run_locked(config, workdir, model, mesh, verbose)
     finally:
         tidy(workdir, created)

@@ -209,6 +209,52 @@ def quiet_orbax():
         logger.setLevel(level)
 
 
+_DISK_FULL_TEXT = ("No space left on device", "os_error_code='28'", "Disk quota exceeded")
+
+
+def is_disk_full(e: BaseException | None) -> bool:
+    """Whether ``e`` or an exception it was raised from (or during) is a full disk: an ``OSError`` ENOSPC /
+    EDQUOT, or tensorstore's ``RESOURCE_EXHAUSTED ... No space left on device`` that orbax raises."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            return True
+        if any(s in str(e) for s in _DISK_FULL_TEXT):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+@contextlib.contextmanager
+def disk_full_in_one_line(workdir: str | os.PathLike):
+    """Within the block orbax's own log lines are silenced (its background save thread logs every failure
+    with a traceback; the failure reaches the caller anyway) and a full disk, from a checkpoint or a run
+    log, becomes one :class:`WorkdirError` line naming ``workdir``, its free space and about what one
+    checkpoint takes."""
+    try:
+        with quiet_orbax():
+            yield
+    except Exception as e:
+        if not is_disk_full(e):
+            raise
+        raise WorkdirError(_disk_full_text(Path(workdir))) from None
+
+
+def _disk_full_text(workdir: Path) -> str:
+    def size(n: float) -> str:
+        return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+    try:
+        free = f"{size(shutil.disk_usage(workdir).free)} free"
+    except OSError:
+        free = "free space unknown"
+    steps = sorted((p for p in (workdir / CHECKPOINTS).glob("*") if p.name.isdigit()), key=lambda p: int(p.name))
+    used = sum(f.stat().st_size for f in steps[-1].rglob("*") if f.is_file()) if steps else 0
+    need = f"; a checkpoint takes about {size(used)}" if used else ""
+    return f"{workdir}: no space left on device ({free}{need}): training stopped; free some space and resume"
+
+
 def workdir_manager(workdir: str | os.PathLike, keep: int = 3):
     """The orbax ``CheckpointManager`` of ``workdir/checkpoints`` (created if missing)."""
     import orbax.checkpoint as ocp

@@ -25,10 +25,21 @@ def shared_path(*parts) -> Path:
     return p
 
 
-def run_prfdn(*args, cwd=None, timeout=600) -> subprocess.CompletedProcess:
-    """``python -m prfdn_jax.cli ARGS`` in a real subprocess (exit code, stdout, stderr as text)."""
-    return subprocess.run([sys.executable, "-m", "prfdn_jax.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout)
+def prfdn_command(*args, pre: str = "") -> list[str]:
+    """The argv of a real ``prfdn`` process (``pre``: Python run first, e.g. a monkeypatch)."""
+    code = f"import sys; {pre}\nfrom prfdn_jax.cli import main; sys.exit(main(sys.argv[1:]))"
+    return [sys.executable, "-c", code, *map(str, args)]
+
+
+def prfdn_env() -> dict:
+    """The environment of a ``prfdn`` subprocess: this checkout first on the import path."""
+    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def run_prfdn(*args, pre: str = "", cwd=None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``prfdn *args`` in a subprocess; stdout and stderr as text."""
+    return subprocess.run(prfdn_command(*args, pre=pre), capture_output=True, text=True, cwd=cwd, env=prfdn_env(),
+                          timeout=timeout)
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -134,31 +145,38 @@ def random_branch_arch(seed: int, layout: str, scale: int, form: str = "branch")
 
 # ----------------------------------------------------------------------------- videos (PyAV)
 def make_video(path, w=W, h=H, fps=FPS, seconds=SECONDS, vcodec="libx264", pix_fmt="yuv420p", audio="aac",
-               sample_rate=16000):
-    """A moving smooth colour pattern (and a 440 Hz sine as ``audio``), written with PyAV."""
+               sample_rate=16000, layout="mono", colour=None, noise=False):
+    """A moving smooth colour pattern (``noise``: random pixels, large packets) and a 440 Hz sine as
+    ``audio`` (``layout`` mono or stereo), written with PyAV; ``colour``: codec colour tags
+    (``{"color_primaries": 1, ...}``)."""
     import av
 
     c = av.open(str(path), "w")
     vs = c.add_stream(vcodec, rate=fps)
     vs.width, vs.height, vs.pix_fmt = w, h, pix_fmt
+    for tag, value in (colour or {}).items():
+        setattr(vs.codec_context, tag, value)
     a = None
     if audio:
         a = c.add_stream(audio, rate=sample_rate)
-        a.layout = "mono"
+        a.layout = layout
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    rng = np.random.default_rng(0)
     for i in range(fps * seconds):
         img = np.stack([128 + 100 * np.sin(xx / 9 + i / 3), 128 + 100 * np.cos(yy / 7 - i / 5),
                         128 + 80 * np.sin((xx + yy) / 13 + i / 4)], -1).astype(np.uint8)
+        if noise:
+            img = rng.integers(0, 256, (h, w, 3), np.uint8)
         for p in vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
             c.mux(p)
     for p in vs.encode(None):
         c.mux(p)
     if a is not None:
-        n = sample_rate * seconds
+        n, ch = sample_rate * seconds, 2 if layout == "stereo" else 1
         for s in range(0, n, 1024):
             t = np.arange(s, min(s + 1024, n)) / sample_rate
-            fr = av.AudioFrame.from_ndarray((0.3 * np.sin(2 * np.pi * 440 * t) * 32767).astype(np.int16)[None],
-                                            format="s16", layout="mono")
+            x = (0.3 * np.sin(2 * np.pi * 440 * t) * 32767).astype(np.int16)
+            fr = av.AudioFrame.from_ndarray(np.repeat(x, ch)[None], format="s16", layout=layout)
             fr.sample_rate, fr.pts = sample_rate, s
             for p in a.encode(fr):
                 c.mux(p)
@@ -166,6 +184,19 @@ def make_video(path, w=W, h=H, fps=FPS, seconds=SECONDS, vcodec="libx264", pix_f
             c.mux(p)
     c.close()
     return path
+
+
+def audio_samples(path) -> int:
+    """Audio samples (per channel) decoded from the first audio stream of ``path``."""
+    import av
+
+    with av.open(str(path)) as c:
+        return sum(f.samples for f in c.decode(audio=0))
+
+
+def temp_files(folder) -> list[str]:
+    """Hidden (temp) files left in ``folder``."""
+    return sorted(p for p in os.listdir(folder) if p.startswith("."))
 
 
 def frames_of(path) -> list[np.ndarray]:
@@ -181,4 +212,6 @@ def info(path) -> dict:
     with av.open(str(path)) as c:
         v = c.streams.video[0]
         return {"rate": v.average_rate, "size": (v.codec_context.width, v.codec_context.height),
-                "audio": [s.codec_context.name for s in c.streams.audio], "codec": v.codec_context.name}
+                "audio": [s.codec_context.name for s in c.streams.audio], "codec": v.codec_context.name,
+                "colour": {t: getattr(v.codec_context, t)
+                           for t in ("color_primaries", "color_trc", "colorspace", "color_range")}}

@@ -249,3 +249,32 @@ def test_workdir_written_before_the_refactor_resumes_bit_exactly(cfg, tmp_path):
         _assert_same(flat_params(load_workdir_model(w, ema=ema)),
                      {k.split("/", 1)[1]: want[k] for k in want.files if k.startswith(item + "/")})
     assert not (w / ".lock").exists()
+
+
+@pytest.mark.parametrize("error", ["orbax", "oserror"])
+def test_full_disk_is_one_line_naming_the_workdir(error, base, set14, tmp_path, monkeypatch, capsys):
+    """A checkpoint save on a full disk: orbax logs its background thread's traceback and raises tensorstore's
+    RESOURCE_EXHAUSTED (or a plain write raises OSError 28): one line naming the workdir, nothing else."""
+    import errno
+    import logging
+
+    w = _copy(base, tmp_path)
+
+    def full(*a, **k):
+        err = OSError(errno.ENOSPC, "No space left on device")
+        if error == "oserror":
+            raise err
+        e = ValueError('RESOURCE_EXHAUSTED: Error writing local file "x/manifest.ocdbt": Failed to write 114 bytes '
+                       "to file 12: No space left on device [os_error_code='28']")
+        logging.getLogger("absl").error("[process=0] Failed to run 4 Handler Commit operations", exc_info=e)
+        raise e
+
+    monkeypatch.setattr(train, "save_checkpoint", full)
+    assert main(["train", SMOKE, "--workdir", str(w), "--data", set14, "--steps", str(STEPS + 2), "--set",
+                 "ema_decay=0.9"]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == f"note: {w}: continuing with steps {STEPS + 2} (was {STEPS})", err
+    (line,) = err.splitlines()[1:]
+    assert line.startswith(f"prfdn: error: {w}: no space left on device (")
+    assert "B free; a checkpoint takes about " in line
+    assert line.endswith("training stopped; free some space and resume"), err

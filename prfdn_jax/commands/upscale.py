@@ -2,7 +2,12 @@
 
 Large images are tiled automatically: :func:`prfdn_jax.inference.choose_tile` picks the largest tile
 with which the image fits ``--memory-budget`` (whole image when it fits); an explicit ``--tile`` wins.
-A video input (``IN.mp4 -o OUT.mp4``) goes to :func:`prfdn_jax.video.upscale_video`.
+A video input (``IN.mp4 -o OUT.mp4``) goes to :func:`prfdn_jax.video.upscale_video`, its frames tiled by
+the same rule (:func:`tile_for`; whole frames run ``video_batch`` at a time when that many fit).
+
+Transparency (:func:`upscale_rgba`): the network upscales premultiplied colour and the result is divided
+by the bicubic-upscaled alpha, so nothing under transparent pixels bleeds into the edges; an output
+without an alpha channel (.jpg, .bmp) is flattened onto ``--background`` (default white), with a note.
 """
 
 from __future__ import annotations
@@ -40,6 +45,21 @@ def add_arguments(u) -> None:
     u.add_argument("--crf", type=int, default=18, metavar="N",
                    help="video: x264 quality 0..51, lower is better (default 18, visually lossless)")
     u.add_argument("--lossless", action="store_true", help="video: lossless RGB H.264 (libx264rgb)")
+    u.add_argument("--background", type=parse_colour, default="white", metavar="COLOUR",
+                   help="transparent images written where there is no alpha channel (.jpg, .bmp) are flattened "
+                        "onto this colour: white (default), black, #RRGGBB or any CSS colour name")
+
+
+def parse_colour(text: str) -> tuple[int, int, int]:
+    """``--background``: a colour name or ``#RRGGBB`` -> (r, g, b); argparse reports a bad one (exit 2)."""
+    import argparse
+
+    from PIL import ImageColor
+
+    try:
+        return ImageColor.getrgb(text)[:3]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a colour (white, black, #RRGGBB, ...)") from None
 
 
 class _TileBar:
@@ -127,8 +147,8 @@ def _plan_outputs(paths: list[Path], had_dir: bool, out: Path, overwrite: bool) 
 
 def run(args) -> int:
     from prfdn_jax.deploy import deploy
-    from prfdn_jax.imaging import ImageError, read_image, write_image
-    from prfdn_jax.inference import DEFAULT_OVERLAP, MIN_SIZE, NonFiniteOutput, upscale_array
+    from prfdn_jax.imaging import ImageError
+    from prfdn_jax.inference import DEFAULT_OVERLAP, MIN_SIZE, NonFiniteOutput
 
     overlap = DEFAULT_OVERLAP if args.overlap is None else args.overlap
     if args.tile < 0 or 0 < args.tile < MIN_SIZE:
@@ -145,64 +165,114 @@ def run(args) -> int:
             raise CLIError("a video is upscaled on its own: prfdn upscale IN.mp4 -o OUT.mp4")
         if not Path(args.inputs[0]).is_file():
             raise CLIError(f"{args.inputs[0]}: {no_such(args.inputs[0], 'file')}")
-        return _upscale_video(args, Path(args.inputs[0]))
+        return _upscale_video(args, Path(args.inputs[0]), budget, overlap)
     paths, had_dir = _collect_inputs(args.inputs)
     out = Path(args.output)
     targets = _plan_outputs(paths, had_dir, out, args.overwrite)
     model, label = resolve_model(args)
-    scale = model.arch.scale
     apply = deploy(model, dtype=args.dtype)
     failed = 0
-    for src, dst in progress(zip(paths, targets), len(paths), f"x{scale} {label}"):
-        bar = _TileBar(src.name)
+    for src, dst in progress(zip(paths, targets), len(paths), f"x{model.arch.scale} {label}"):
         try:
-            img = read_image(src)
-            h, w = img.shape
-            if min(h, w) < MIN_SIZE:
-                raise ImageError(f"{src}: image is {w}x{h}; the network needs at least {MIN_SIZE}x{MIN_SIZE} pixels")
-            tile = args.tile
-            if not tile:
-                try:
-                    tile = auto_tile(model, h, w, budget, overlap, img.alpha is not None)
-                except CLIError as e:
-                    raise ImageError(f"{src}: {e}") from None
-                if tile:
-                    print(f"note: {src} is {w}x{h}: upscaling in {tile}x{tile} tiles to stay within {budget:g} GB "
-                          "(--tile to choose)", file=sys.stderr)
-            sr = upscale_array(apply, img.rgb, scale, tile=tile, overlap=overlap, progress=bar)
-            bar.close()
-            alpha = None
-            if img.alpha is not None:
-                import numpy as np
-                from PIL import Image as PILImage
-
-                alpha = np.asarray(PILImage.fromarray(img.alpha).resize((w * scale, h * scale), PILImage.BICUBIC))
-            if any(n.startswith("grayscale") for n in img.notes):
-                sr = _luma(sr)  # grey in, grey out: BT.601 luma of the (nearly grey) network output
-            write_image(dst, sr, alpha)
-            del sr, alpha
-            for note in img.notes:
-                print(f"note: {src}: {note}", file=sys.stderr)
+            w, h = _upscale_image(args, apply, model, src, dst, budget, overlap)
             if len(paths) == 1:
-                print(f"{src} -> {dst} ({w}x{h} -> {w * scale}x{h * scale}, {label})")
+                s = model.arch.scale
+                print(f"{src} -> {dst} ({w}x{h} -> {w * s}x{h * s}, {label})")
         except NonFiniteOutput as e:  # the weights: every other image would fail too
             raise CLIError(f"{src}: {e}; {dst} not written") from None
         except (ImageError, ValueError, OSError) as e:
             failed += 1
             print(f"prfdn: error: {one_line(e)}", file=sys.stderr)
-        finally:
-            bar.close()
     if len(paths) > 1:
-        print(f"upscaled {len(paths) - failed}/{len(paths)} images x{scale} with {label} -> {out}")
+        print(f"upscaled {len(paths) - failed}/{len(paths)} images x{model.arch.scale} with {label} -> {out}")
     return EXIT_ERROR if failed else 0
 
 
+def tile_for(args, model, what: str, w: int, h: int, budget: float, overlap: int, alpha: bool = False) -> int:
+    """The LR tile of an image or of a video's frames (one rule for both): ``--tile``, else the automatic tile
+    within ``--memory-budget`` (:func:`~prfdn_jax.commands.common.auto_tile`; 0: whole), with a note."""
+    if args.tile:
+        return args.tile
+    tile = auto_tile(model, h, w, budget, overlap, alpha)
+    if tile:
+        print(f"note: {what} {w}x{h}: upscaling in {tile}x{tile} tiles to stay within {budget:g} GB (--tile to "
+              "choose)", file=sys.stderr)
+    return tile
+
+
+def _upscale_image(args, apply, model, src: Path, dst: Path, budget: float, overlap: int) -> tuple[int, int]:
+    """Read ``src``, upscale it (tiled within the budget), write ``dst``, print the notes; ``(w, h)`` of ``src``."""
+    from prfdn_jax.imaging import ImageError, read_image, write_image
+    from prfdn_jax.inference import MIN_SIZE
+
+    img = read_image(src)
+    h, w = img.shape
+    if min(h, w) < MIN_SIZE:
+        raise ImageError(f"{src}: image is {w}x{h}; the network needs at least {MIN_SIZE}x{MIN_SIZE} pixels")
+    try:
+        tile = tile_for(args, model, f"{src} is", w, h, budget, overlap, img.alpha is not None)
+    except CLIError as e:
+        raise ImageError(f"{src}: {e}") from None
+    flatten = img.alpha is not None and dst.suffix.lower() != ".png"  # only PNG keeps an alpha channel
+    bar = _TileBar(src.name)
+    try:
+        sr, alpha = upscale_rgba(apply, img.rgb, img.alpha, model.arch.scale, tile, overlap, bar,
+                                 args.background if flatten else None)
+    finally:
+        bar.close()
+    if any(n.startswith("grayscale") for n in img.notes):
+        sr = _luma(sr)  # grey in, grey out: BT.601 luma of the (nearly grey) network output
+    write_image(dst, sr, alpha)
+    notes = img.notes
+    if flatten:
+        hexa = "#{:02X}{:02X}{:02X}".format(*args.background)
+        notes = [n for n in notes if "alpha channel upscaled" not in n]
+        notes.append(f"transparency flattened onto {hexa} (--background): {dst.suffix} has no alpha channel")
+    for note in notes:
+        print(f"note: {src}: {note}", file=sys.stderr)
+    return w, h
+
+
+# ----------------------------------------------------------------------------- alpha
+def upscale_rgba(apply, rgb, alpha, scale: int, tile: int, overlap: int, progress=None, background=None):
+    """``(rgb, alpha)`` upscaled: the colour by the network (tiled as :func:`~prfdn_jax.inference.upscale_array`),
+    the alpha with bicubic. Where the alpha is not fully opaque the network sees premultiplied colour (what
+    lies under transparent pixels cannot bleed into the edges: no dark fringe) and the result is divided
+    by the upscaled alpha; a fully opaque image runs as an RGB one (bit-identical). ``background``
+    ``(r, g, b)``: the result composited onto it, returned without alpha."""
+    import numpy as np
+    from PIL import Image as PILImage
+
+    from prfdn_jax.inference import upscale_array
+
+    if alpha is None:
+        return upscale_array(apply, rgb, scale, tile=tile, overlap=overlap, progress=progress), None
+    h, w = alpha.shape
+    a_up = np.asarray(PILImage.fromarray(alpha).resize((w * scale, h * scale), PILImage.BICUBIC))
+    if alpha.min() == 255:
+        return upscale_array(apply, rgb, scale, tile=tile, overlap=overlap, progress=progress), (
+            a_up if background is None else None)
+    premultiplied = rgb * (alpha[..., None] / np.float32(255))
+    sr = upscale_array(apply, premultiplied, scale, tile=tile, overlap=overlap, progress=progress)
+    del premultiplied
+    bg = None if background is None else np.asarray(background, np.float32)
+    for r in range(0, len(sr), 256):  # a few rows at a time: no full-size float temporaries
+        c, a = sr[r:r + 256].astype(np.float32), a_up[r:r + 256, :, None].astype(np.float32)
+        if bg is None:
+            c = np.where(a > 0, c * 255 / np.maximum(a, 1), 0)
+        else:
+            c += bg * (1 - a / 255)
+        sr[r:r + 256] = np.clip(np.rint(c), 0, 255)
+    return sr, (a_up if background is None else None)
+
+
 # ----------------------------------------------------------------------------- video
-def _upscale_video(args, src: Path) -> int:
-    """``prfdn upscale IN.mp4 -o OUT.mp4``: one video in, one video out."""
+def _upscale_video(args, src: Path, budget: float, overlap: int) -> int:
+    """``prfdn upscale IN.mp4 -o OUT.mp4``: one video in, one video out, frames tiled as images are."""
     from tqdm import tqdm
 
     from prfdn_jax.deploy import deploy
+    from prfdn_jax.inference import GB
     from prfdn_jax.video import upscale_video
 
     out = Path(args.output)
@@ -210,8 +280,23 @@ def _upscale_video(args, src: Path) -> int:
         raise CLIError(f"{out}: would overwrite the input video")
     check_writable(out)
     model, label = resolve_model(args)
-    bar = tqdm(desc=f"x{model.arch.scale} {src.name}", unit="frame", file=sys.stderr, dynamic_ncols=True,
-               leave=False, disable=None)
+    scale = model.arch.scale
+
+    def frame_tile(w: int, h: int, batch: int) -> int:
+        """0 (whole frames, ``batch`` at a time: their network and the pending batch's float output fit the
+        budget), else one frame at a time in the tile an image of that size gets (whole: its size)."""
+        if args.tile:
+            return args.tile
+        pending = batch * w * h * scale * scale * 3 * 4 / GB
+        try:
+            if budget > pending and auto_tile(model, h * batch, w, budget - pending, overlap) == 0:
+                return 0
+        except CLIError:
+            pass
+        return tile_for(args, model, f"{src}: frames are", w, h, budget, overlap) or max(w, h)
+
+    bar = tqdm(desc=f"x{scale} {src.name}", unit="frame", file=sys.stderr, dynamic_ncols=True, leave=False,
+               disable=None)
 
     def frame_progress(done: int, total: int | None, fps: float) -> None:
         bar.total = total
@@ -219,12 +304,14 @@ def _upscale_video(args, src: Path) -> int:
         bar.set_postfix(fps=f"{fps:.1f}")
 
     try:
-        res = upscale_video(deploy(model, dtype=args.dtype), model.arch.scale, src, out, crf=args.crf,
-                            lossless=args.lossless, progress=frame_progress)
+        res = upscale_video(deploy(model, dtype=args.dtype), scale, src, out, crf=args.crf, lossless=args.lossless,
+                            progress=frame_progress, tile=frame_tile, overlap=overlap)
     finally:
         bar.close()
     for note in res.notes:
         print(f"note: {src}: {note}", file=sys.stderr)
+    for warning in res.warnings:
+        print(f"prfdn: warning: {src}: {warning}", file=sys.stderr)
     (w, h), (ow, oh) = res.in_size, res.out_size
     print(f"{src} -> {out} ({res.frames} frames {w}x{h} -> {ow}x{oh} at {float(res.frame_rate):g} fps, audio "
           f"{res.audio}; {res.fps:.1f} frames/s, {label})")
