@@ -144,7 +144,7 @@ def ship(shared: Path, run: Path, dst: Path = SHIPPED) -> dict:
 
     model = load_workdir_model(run / "finetune")
     rows = list(csv.DictReader(open(run / "finetune" / "metrics.csv")))
-    step = int(rows[-1]["step"])
+    step = max(int(d.name) for d in (run / "finetune" / "checkpoints").iterdir() if d.name.isdigit())
     psnr = {}
     for name in EVAL_SETS:
         if (shared / "data" / name).is_dir():
@@ -155,7 +155,7 @@ def ship(shared: Path, run: Path, dst: Path = SHIPPED) -> dict:
     sha = hashlib.sha256(source.read_bytes()).hexdigest()
     s = summary(model, *SIZE)
     wall, prev = 0.0, 0.0  # elapsed_s restarts with every resumed run: sum the runs
-    for r in rows:
+    for r in (r for r in rows if int(r["step"]) <= step):
         t = float(r["elapsed_s"] or 0)
         wall, prev = (wall + prev if t < prev else wall), t
     res = {"step": step, "params": s["params"], "gmac_540x960": round(s["gmac"], 3), "psnr_y": psnr,

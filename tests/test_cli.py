@@ -62,6 +62,7 @@ def test_help_imports_no_heavy_module():
 @pytest.mark.parametrize("model,scale,dataset,psnr_y", [
     ("prfdn-x2", 2, "Set5", 36.64), ("prfdn-x3", 3, "Set5", 33.46), ("rfdn-x4", 4, "Set5", 32.16),
     ("prfdn-x2", 2, "Set14", 32.47), ("prfdn-x3", 3, "Set14", 29.79), ("rfdn-x4", 4, "Set14", 28.65),
+    ("prfdn-x4", 4, "Set5", 31.29), ("prfdn-x4", 4, "Set14", 27.96),
 ])
 def test_eval_reproduces_released_psnr(model, scale, dataset, psnr_y, capsys):
     code, out, _ = run(["eval", "--model", model, "--data", shared_path("data", dataset), "--scale", scale,
@@ -112,7 +113,8 @@ def test_eval_makes_missing_lr_with_matlab_bicubic(tmp_path, capsys):
 def test_models_lists_builtins_with_macs(capsys):
     code, out, _ = run(["models", "--json"], capsys)
     rows = {r["name"]: r for r in last_json(out)}
-    assert code == 0 and set(rows) == {"prfdn-x2", "prfdn-x3", "rfdn-x4"}
+    assert code == 0 and set(rows) == {"prfdn-x2", "prfdn-x3", "prfdn-x4", "rfdn-x4"}
+    assert rows["prfdn-x4"]["size_4k"] == "540x960" and rows["prfdn-x4"]["gmac_4k"] <= 58.5
     assert rows["prfdn-x2"]["params"] == 29851 and round(rows["prfdn-x2"]["gmac_1080p"], 2) == 58.55
     assert rows["prfdn-x3"]["params"] == 62905 and rows["rfdn-x4"]["params"] == 433448
 
