@@ -112,7 +112,7 @@ def test_deploy_released_checkpoints(ckpt):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["prfdn-x2", "prfdn-x3", "rfdn-x4"])
+@pytest.mark.parametrize("name", ["prfdn-x2", "prfdn-x3", "prfdn-x4", "rfdn-x4"])
 def test_deployed_upscale_equals_network_upscale_on_set5(name):
     from prfdn_jax import registry
     from prfdn_jax.imaging import list_images, read_image
@@ -133,7 +133,7 @@ def test_deployed_upscale_equals_network_upscale_on_set5(name):
 
 # ----------------------------------------------------------------------------- precision
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["prfdn-x2", "prfdn-x3", "rfdn-x4"])
+@pytest.mark.parametrize("name", ["prfdn-x2", "prfdn-x3", "prfdn-x4", "rfdn-x4"])
 def test_half_precision_quality_on_set5(name):
     """fp16 within 0.05 dB and bf16 within 0.10 dB of fp32 (Set5 Y-PSNR), no overflow."""
     from prfdn_jax import registry

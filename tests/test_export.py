@@ -147,7 +147,7 @@ def test_safetensors_export_round_trip(tmp_path):
 
 
 # ----------------------------------------------------------------------------- onnx
-ONNX_CASES = ["prfdn-x2", "prfdn-x3", "rfdn-x4", "random-merged"]
+ONNX_CASES = ["prfdn-x2", "prfdn-x3", "prfdn-x4", "rfdn-x4", "random-merged"]
 
 
 @pytest.mark.slow
