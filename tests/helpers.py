@@ -90,6 +90,17 @@ def _block(rng, p: str, n_in: int, steps: int, cat_p: bool, n_out: int | None = 
     return w
 
 
+def _stages(rng, w: dict, n_in: int, depth: int, cat_p: bool) -> list[int]:
+    """Random widths of the ``depth`` RFDB stages chained from ``n_in`` channels into ``w``; their outputs."""
+    outs = []
+    for d in range(depth):
+        blk = _block(rng, f"stages.{d}.", n_in, 3, cat_p=cat_p)
+        w.update(blk)
+        n_in = blk[f"stages.{d}.c5"][1]
+        outs.append(n_in)
+    return outs
+
+
 def random_merged_arch(seed: int, layout: str, scale: int) -> Arch:
     rng = np.random.default_rng(seed)
     r = lambda lo=3, hi=10: int(rng.integers(lo, hi))  # noqa: E731
@@ -102,12 +113,7 @@ def random_merged_arch(seed: int, layout: str, scale: int) -> Arch:
         sr = _block(rng, "srfdb.", w["split_right"][1], 1, cat_p=s > 1)
         w.update(sr)
         f_w = w["split_left"][1] + sr["srfdb.c5"][1]
-    b, outs = f_w, []
-    for d in range(depth):
-        blk = _block(rng, f"stages.{d}.", b, 3, cat_p=True)
-        w.update(blk)
-        b = blk[f"stages.{d}.c5"][1]
-        outs.append(b)
+    outs = _stages(rng, w, f_w, depth, cat_p=True)
     c_in = sum(outs)
     if depth > 1:
         w["cat_p"] = (c_in, r())
@@ -130,12 +136,7 @@ def random_branch_arch(seed: int, layout: str, scale: int, form: str = "branch")
     w = {"fea": (3, nf)}
     if s:
         w.update(_block(rng, "srfdb.", nf, 1, cat_p=False, n_out=nf))
-    b, outs = nf, []
-    for d in range(depth):
-        blk = _block(rng, f"stages.{d}.", b, 3, cat_p=False)
-        w.update(blk)
-        b = blk[f"stages.{d}.c5"][1]
-        outs.append(b)
+    outs = _stages(rng, w, nf, depth, cat_p=False)
     c = int(rng.integers(3, 9))
     w.update({"c": (n * sum(outs), c), "LR_conv": (c, nf), "upsampler": (nf, 3 * scale * scale)})
     arch = Arch.make(form, layout, scale, w)
