@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# One lent-GPU call, prepared here and checked on the CPU first (PRFDN_SMOKE=1):
+#   1. versions, then experiments/gpu_inference.py unchanged (the deploy compiler on the GPU) -> OUT/gpu/;
+#   2. the prfdn-x4 finetune (experiments/runs/prfdn_x4/finetune) continued on the GPU until the deadline,
+#      paused with SIGINT (it checkpoints), and the workdir brought back as OUT/prfdn_x4_finetune.tar.
+#
+#   device:  bash experiments/gpu_session.sh "$OUT" 570        (carry .whl and .gpu_data)
+#   CPU:     PRFDN_SMOKE=1 bash experiments/gpu_session.sh /tmp/gpu_session 240
+#
+# .whl: py3.12 wheels the device image lacks (grain, array_record, portpicker, tensorboardX) and our pinned
+# flax/optax/orbax (used only if they import with the device's JAX; else the device's own are used).
+# .gpu_data: Set5/Set14 (HR + x4 LR) and the training images that fit the 64 MiB carry (T91 and
+# General100 as lossless PNG, BSDS500_test200); BSD200 does not fit, so the GPU part trains on 341 of 541.
+# XLA_FLAGS is set empty: our CPU flag may be unknown to another jaxlib, and an unknown flag aborts XLA.
+set -u
+OUT=${1:?usage: gpu_session.sh OUT [TOTAL_S]}
+TOTAL=${2:-570}
+START=$(date +%s)
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/session.log") 2>&1
+left() { echo $((TOTAL - ($(date +%s) - START))); }
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 XLA_FLAGS=
+
+if [ -n "${PRFDN_SMOKE:-}" ]; then
+  SHARED=${PRFDN_SHARED:-$ROOT/../shared}
+  RUN=$(mktemp -d)/prfdn_x4; cp -r experiments/runs/prfdn_x4 "$RUN"
+  STEPS=$(( $(ls "$RUN/finetune/checkpoints" | grep -E '^[0-9]+$' | sort -n | tail -1) + 10 ))
+  GPU_ARGS=(--cpu-smoke)
+  TRAIN_SETS=(log_every=5 ckpt_every=5)
+else
+  SHARED=$ROOT/.gpu_data
+  RUN=$ROOT/experiments/runs/prfdn_x4
+  STEPS=60000
+  GPU_ARGS=()
+  TRAIN_SETS=(log_every=500 ckpt_every=2000)
+  if [ -d .whl ]; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site_core \
+      .whl/grain-*.whl .whl/array_record-*.whl .whl/portpicker-*.whl .whl/tensorboardx-*.whl
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site_flax \
+      .whl/flax-*.whl .whl/optax-*.whl .whl/orbax_checkpoint-*.whl
+  fi
+  export PYTHONPATH=$ROOT:/tmp/site_core
+  CHECK='import flax, optax, orbax.checkpoint, grain, jax; from prfdn_jax import registry; import numpy as np
+m = registry.load("prfdn-x2"); print("check ok", jax.devices()[0], np.asarray(m(np.zeros((1, 32, 32, 3), np.float32))).shape)'
+  if PYTHONPATH=$ROOT:/tmp/site_flax:/tmp/site_core $PY -c "$CHECK"; then
+    export PYTHONPATH=$ROOT:/tmp/site_flax:/tmp/site_core; echo "using the carried flax 0.12.8 / optax / orbax"
+  else
+    echo "the carried flax does not import with this JAX: using the device's own"; $PY -c "$CHECK"
+  fi
+fi
+export PYTHONPATH=${PYTHONPATH:-$ROOT}
+
+echo "== versions ($(date -u +%FT%TZ))"
+nvidia-smi -L 2>/dev/null || echo "no nvidia-smi"
+$PY -c 'import sys, jax, flax, optax, orbax.checkpoint as oc, numpy
+print("python", sys.version.split()[0], "jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__,
+      "numpy", numpy.__version__, "devices", jax.devices())
+try:
+    import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)
+except ImportError: print("torch missing")'
+
+echo "== 1. gpu_inference ($(left) s left)"
+timeout -k 10 $(( $(left) - 120 )) $PY experiments/gpu_inference.py --out "$OUT/gpu" "${GPU_ARGS[@]}" 2>&1 \
+  | tee "$OUT/gpu_inference.log"
+echo "gpu_inference exit ${PIPESTATUS[0]}"
+
+echo "== 2. prfdn-x4 finetune to step $STEPS ($(left) s left)"
+T=$(( $(left) - 30 ))
+if [ "$T" -gt 30 ]; then
+  # SIGINT at the deadline: the run checkpoints and stops (resumes bit-exactly from there)
+  timeout -s INT -k 25 "$T" $PY experiments/prfdn_x4.py --run "$RUN" --shared "$SHARED" --steps "$STEPS" \
+    --set schedule=multistep "milestones=[0.66,0.84]" compute_dtype=float32 val_every=100000000 "${TRAIN_SETS[@]}" 2>&1 | tee "$OUT/train.log" | grep -v '^\s*$' | tail -40
+  echo "train exit ${PIPESTATUS[0]}"
+fi
+tar -cf "$OUT/prfdn_x4_finetune.tar" -C "$RUN" finetune
+ls -la "$RUN/finetune/checkpoints"; tail -3 "$RUN/finetune/metrics.csv"
+echo "== done in $(( $(date +%s) - START )) s"
