@@ -115,7 +115,8 @@ def finetune_stage(shared: Path, run: Path, prepared: Path, p: dict, overrides: 
                       val_limit=2 if p["smoke"] else 0, steps=p["steps"], seed=100)
     if overrides:
         cfg = override(cfg, overrides)
-    return train.train(cfg, run / "finetune", model=load_model_file(run / "pruned.safetensors"))
+    with train.stop_on_signals():  # SIGINT / SIGTERM: checkpoint the last step, then TrainingStopped
+        return train.train(cfg, run / "finetune", model=load_model_file(run / "pruned.safetensors"))
 
 
 EVAL_SETS = ("Set5", "Set14", "Urban100")
@@ -194,7 +195,13 @@ def main(argv=None) -> int:
     prepared = prepared_data(shared, work, smoke=a.cpu_smoke)
     if not (run / "pruned.safetensors").is_file():
         prune_stage(shared, run, work, prepared, p)
-    s = finetune_stage(shared, run, prepared, p, a.set)
+    from prfdn_jax.train import TrainingStopped
+
+    try:
+        s = finetune_stage(shared, run, prepared, p, a.set)
+    except TrainingStopped as e:
+        print(f"[prfdn_x4] {e}; the same command resumes", flush=True)
+        return 128 + e.signum
     print(f"[prfdn_x4] finetune at step {s['step']} of {s['steps']}", flush=True)
     return 0
 

@@ -114,9 +114,9 @@ CHOICES: dict[str, BackendChoices] = {
         # dense 36.7 ms, loop 43.9, vmap 59.5, grouped 61.1; forward at 540x960 fp16: dense 12.2 ms,
         # loop 18.2, grouped 39.2.
         impl="dense",
-        # Memory-bound GPUs: fewer kernels (mix_kernels, fold "always"); pad: 23->23 3x3 fp16 at 1080p
-        # 1.40 ms, 24->24 0.57 ms (H100, measured by the issue that asked for it; not re-measured here).
-        rewrites=Rewrites(merge=True, mix_kernels=True, fold_cost="always", grouped="grouped", pad=8,
+        # H200, prfdn-x2 1080p fp16, deployed (BENCHMARKS.md "GPU inference"): this set 4.69 ms; 1x1 as
+        # centre taps of 3x3 (mix_kernels) 5.58; fold "macs" 5.92; no channel padding 8.29.
+        rewrites=Rewrites(merge=True, mix_kernels=False, fold_cost="always", grouped="grouped", pad=8,
                           pad_growth=None),
         compute_dtype="bfloat16",
         video_batch=4,
