@@ -1,0 +1,68 @@
+"""prfdn-x4, the built-in made by this project (issue 16): ``--scale 4`` picks it, and its tiles, video and
+half precision behave as the other built-ins'. Tiny inputs; the quality figures are in tests/test_cli.py."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import error_lines, frames_of, make_video, run_prfdn
+from prfdn_jax import registry
+from prfdn_jax.deploy import deploy
+from prfdn_jax.inference import upscale_array
+
+
+@pytest.fixture(scope="module")
+def x4():
+    return deploy(registry.load("prfdn-x4"))
+
+
+def _smooth(h: int, w: int) -> np.ndarray:
+    """A smooth uint8 RGB image (``h x w``): what tiles are measured on (noise has no structure to keep)."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.stack([128 + 100 * np.sin(x / 7 + c) * np.cos(y / 9 - c) for c in range(3)], -1)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _psnr(a, b) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
+
+
+def test_scale_4_upscales_with_prfdn_x4(tmp_path, x4):
+    img = _smooth(24, 32)
+    Image.fromarray(img).save(tmp_path / "in.png")
+    p = run_prfdn("upscale", "--scale", "4", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"))
+    assert p.returncode == 0, error_lines(p.stderr)[-3:]
+    got = np.asarray(Image.open(tmp_path / "out.png"))
+    assert got.shape == (96, 128, 3)
+    np.testing.assert_array_equal(got, upscale_array(x4, img, 4))  # prfdn-x4's output, not rfdn-x4's
+    assert registry.DEFAULT_BY_SCALE[4] == "prfdn-x4" and "rfdn-x4" in registry.MODELS
+
+
+def test_tiles_stay_close_to_the_whole_image(x4):
+    """ESA pools over the whole input, so tiles are not exact: within 0.5 grey levels RMS of the whole."""
+    img = _smooth(72, 96)
+    whole = upscale_array(x4, img, 4)
+    tiled = upscale_array(x4, img, 4, tile=48, overlap=8)
+    assert tiled.shape == whole.shape == (288, 384, 3)
+    assert _psnr(tiled, whole) > 54  # RMS < 0.5
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_stays_close_to_float32(dtype, x4):
+    img = _smooth(32, 40)
+    ref = upscale_array(x4, img, 4)
+    half = upscale_array(deploy(registry.load("prfdn-x4"), dtype=dtype), img, 4)
+    assert _psnr(half, ref) > (45 if dtype == "float16" else 35)
+
+
+def test_lossless_video_frames_equal_the_image_path(tmp_path, x4):
+    pytest.importorskip("av")
+    from prfdn_jax.video import upscale_video
+
+    src = make_video(tmp_path / "in.mkv", w=32, h=24, fps=5, seconds=1, audio=None)
+    res = upscale_video(x4, 4, src, tmp_path / "out.mkv", lossless=True)
+    got, frames = frames_of(tmp_path / "out.mkv"), frames_of(src)
+    assert res.frames == len(got) == len(frames) == 5 and got[0].shape == (96, 128, 3)
+    for a, b in zip(got, frames):
+        np.testing.assert_array_equal(a, upscale_array(x4, b, 4))
