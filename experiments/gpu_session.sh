@@ -4,16 +4,35 @@
 #   2. the prfdn-x4 finetune (experiments/runs/prfdn_x4/finetune) continued on the GPU until the deadline,
 #      paused with SIGINT (it checkpoints), and the workdir brought back as OUT/prfdn_x4_finetune.tar.
 #
+#   here:    bash experiments/gpu_session.sh --make-carry      (makes .whl and .gpu_data, 54 MB)
 #   device:  bash experiments/gpu_session.sh "$OUT" 570        (carry .whl and .gpu_data)
 #   CPU:     PRFDN_SMOKE=1 bash experiments/gpu_session.sh /tmp/gpu_session 240
 #
 # .whl: py3.12 wheels the device image lacks (grain, array_record, portpicker, tensorboardX) and our pinned
-# flax/optax/orbax (used only if they import with the device's JAX; else the device's own are used).
+# flax/optax/orbax (used only if they import with the device's JAX; else the device's own are used: on
+# 2026-12-04 flax 0.12.8 did not import with jax 0.11.2, and its flax 0.12.10 ran everything).
 # .gpu_data: Set5/Set14 (HR + x4 LR) and the training images that fit the 64 MiB carry (T91 and
 # General100 as lossless PNG, BSDS500_test200); BSD200 does not fit, so the GPU part trains on 341 of 541.
 # XLA_FLAGS is set empty: our CPU flag may be unknown to another jaxlib, and an unknown flag aborts XLA.
 set -u
-OUT=${1:?usage: gpu_session.sh OUT [TOTAL_S]}
+if [ "${1:-}" = "--make-carry" ]; then  # here, once: the two carried folders (git-ignored via .git/info/exclude)
+  cd "$(dirname "$0")/.."; S=${PRFDN_SHARED:-../shared}; PY=${PYTHON:-python}
+  for d in /.whl/ /.gpu_data/; do grep -qx "$d" .git/info/exclude || echo "$d" >> .git/info/exclude; done
+  $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+    flax==0.12.8 optax==0.2.8 orbax-checkpoint==0.12.8 grain==0.2.18 array-record==0.8.6 portpicker tensorboardX
+  rm -rf .gpu_data; mkdir -p .gpu_data/data/train
+  for v in Set5 Set14; do mkdir -p .gpu_data/data/$v/LR_bicubic; cp -r "$S/data/$v/HR" .gpu_data/data/$v/
+    cp -r "$S/data/$v/LR_bicubic/X4" .gpu_data/data/$v/LR_bicubic/; done
+  cp -r "$S/data/train/BSDS500_test200" .gpu_data/data/train/
+  $PY -c "import sys; from pathlib import Path; from PIL import Image
+for s in ('T91', 'General100'):
+    (Path('.gpu_data/data/train') / s).mkdir()
+    for f in sorted((Path(sys.argv[1]) / 'data/train' / s).glob('*.bmp')):
+        Image.open(f).save(Path('.gpu_data/data/train') / s / (f.stem + '.png'), optimize=True)" "$S"
+  du -sh .whl .gpu_data; exit 0
+fi
+OUT=${1:?usage: gpu_session.sh OUT [TOTAL_S] | gpu_session.sh --make-carry}
 TOTAL=${2:-570}
 START=$(date +%s)
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
