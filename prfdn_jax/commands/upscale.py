@@ -17,9 +17,10 @@ import sys
 from pathlib import Path
 
 from prfdn_jax.commands.common import (EXIT_ERROR, CLIError, add_memory_budget, add_model_args, auto_tile,
-                                       budget_gb, check_model_args, check_writable, one_line, progress,
+                                       budget_gb, check_model_args, check_writable, one_line,
                                        resolve_model)
 from prfdn_jax.fileio import no_such
+from prfdn_jax.progress import progress
 
 HELP = "upscale images with a built-in or given model"
 TILE_BAR_MIN = 8  # a progress bar over the tiles of one image when it has more than this many
@@ -172,7 +173,8 @@ def run(args) -> int:
     model, label = resolve_model(args)
     apply = deploy(model, dtype=args.dtype)
     failed = 0
-    for src, dst in progress(zip(paths, targets), len(paths), f"x{model.arch.scale} {label}"):
+    for src, dst in progress(zip(paths, targets), len(paths), f"x{model.arch.scale} {label}", unit="img",
+                             final=True):
         try:
             w, h = _upscale_image(args, apply, model, src, dst, budget, overlap)
             if len(paths) == 1:
