@@ -28,6 +28,7 @@ TILE_BAR_MIN = 8  # a progress bar over the tiles of one image when it has more 
 
 def add_arguments(u) -> None:
     from prfdn_jax.deploy import DTYPES
+    from prfdn_jax.video import DEFAULT_PRESET, PRESETS
 
     u.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     u.add_argument("-o", "--output", required=True, metavar="OUT",
@@ -46,6 +47,9 @@ def add_arguments(u) -> None:
     u.add_argument("--crf", type=int, default=18, metavar="N",
                    help="video: x264 quality 0..51, lower is better (default 18, visually lossless)")
     u.add_argument("--lossless", action="store_true", help="video: lossless RGB H.264 (libx264rgb)")
+    u.add_argument("--preset", choices=PRESETS, default=DEFAULT_PRESET,
+                   help="video: x264 speed, ultrafast .. veryslow (default medium); a faster preset leaves more of "
+                        "the CPU to the network and writes a larger file at the same --crf")
     u.add_argument("--background", type=parse_colour, default="white", metavar="COLOUR",
                    help="transparent images written where there is no alpha channel (.jpg, .bmp) are flattened "
                         "onto this colour: white (default), black, #RRGGBB or any CSS colour name")
@@ -271,8 +275,6 @@ def upscale_rgba(apply, rgb, alpha, scale: int, tile: int, overlap: int, progres
 # ----------------------------------------------------------------------------- video
 def _upscale_video(args, src: Path, budget: float, overlap: int) -> int:
     """``prfdn upscale IN.mp4 -o OUT.mp4``: one video in, one video out, frames tiled as images are."""
-    from tqdm import tqdm
-
     from prfdn_jax.deploy import deploy
     from prfdn_jax.inference import GB
     from prfdn_jax.video import upscale_video
@@ -297,17 +299,15 @@ def _upscale_video(args, src: Path, budget: float, overlap: int) -> int:
             pass
         return tile_for(args, model, f"{src}: frames are", w, h, budget, overlap) or max(w, h)
 
-    bar = tqdm(desc=f"x{scale} {src.name}", unit="frame", file=sys.stderr, dynamic_ncols=True, leave=False,
-               disable=None)
+    bar = progress(None, None, f"x{scale} {src.name}", unit="frame")  # a bar, or plain lines in a log
 
     def frame_progress(done: int, total: int | None, fps: float) -> None:
         bar.total = total
         bar.update(done - bar.n)
-        bar.set_postfix(fps=f"{fps:.1f}")
 
     try:
         res = upscale_video(deploy(model, dtype=args.dtype), scale, src, out, crf=args.crf, lossless=args.lossless,
-                            progress=frame_progress, tile=frame_tile, overlap=overlap)
+                            progress=frame_progress, tile=frame_tile, overlap=overlap, preset=args.preset)
     finally:
         bar.close()
     for note in res.notes:
