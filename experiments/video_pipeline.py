@@ -14,9 +14,10 @@ H.264 at crf 18, as a user's clip would be) and prints one markdown table:
 - the process's CPU time per frame of each (what the decoding and encoding add to the network's: on a
   CPU that the network already keeps busy, they cost wall time whatever overlaps).
 
-Each video run comes right after a timing of the network alone (the same compiled program, timed as
-``prfdn bench`` times it), and its ratio is taken to that: a neighbour's load changes both alike. The
-median over ``--rounds`` is printed, with every round's ratio. ``--json``: the rows as one JSON line at the end.
+Each video job runs between two timings of the network alone (the same compiled program, timed as
+``prfdn bench`` times it), and its ratio is taken to their mean: a neighbour's load changes both alike.
+The median over ``--rounds`` is printed, with every round's ratio; "steady state" leaves out the start
+and the encoder's final flush (what a long clip approaches). ``--json``: the rows as one JSON line at the end.
 """
 
 from __future__ import annotations
@@ -78,42 +79,57 @@ def network_fps(apply, x, runs: int) -> tuple[float, float]:
     return x.shape[0] / statistics.median(ts), (time.process_time() - c) / (runs * x.shape[0])
 
 
+def video_run(apply, scale: int, clip: Path, out: Path, batch: int, preset: str, threads: bool) -> dict:
+    """One :func:`~prfdn_jax.video.upscale_video` job: frames/s of the whole job, of its steady state (from the
+    progress calls: frames handed to the encoder after the first 10 %, so the start and the encoder's
+    final flush are left out), and CPU seconds per frame."""
+    from prfdn_jax.video import upscale_video
+
+    marks: list[tuple[int, float]] = []
+    t, c = time.perf_counter(), time.process_time()
+    r = upscale_video(apply, scale, clip, out, batch=batch, preset=preset, threads=threads,
+                      progress=lambda done, total, fps: marks.append((done, time.perf_counter())))
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    first = next(m for m in marks if m[0] >= r.frames // 10)
+    steady = (marks[-1][0] - first[0]) / max(marks[-1][1] - first[1], 1e-9)
+    return {"fps": r.frames / wall, "steady": steady, "cpu": cpu / r.frames}
+
+
 def measure(model_name: str, size: tuple[int, int], frames: int, batch: int, presets: list[str], rounds: int,
-            dtype: str, suffix: str) -> tuple[dict, list[dict]]:
-    """``(prfdn bench's result, rows)``: each video mode timed right after the network alone, ``rounds`` times;
-    a row's ratio is the median of those pairs."""
+            dtype: str, suffix: str, one_thread: bool = True) -> tuple[dict, list[dict]]:
+    """``(prfdn bench's result, rows)``: each video job timed between two timings of the network alone, ``rounds``
+    times; its ratios are to the mean of those two, a row's the median over the rounds."""
     import jax
     import numpy as np
 
     from prfdn_jax import registry
     from prfdn_jax.bench import bench_jax
     from prfdn_jax.deploy import deploy
-    from prfdn_jax.video import upscale_video
 
     h, w = size
     model = registry.load(model_name)
     apply = deploy(model, dtype=dtype)
     x = jax.device_put(np.random.default_rng(0).uniform(0, 255, (batch, h, w, 3)).astype(np.float32))
-    bench = bench_jax(model, np.asarray(x), dtype, warmup=1, runs=max(3, frames // (4 * batch)))
-    modes = [("pipelined", p, True) for p in presets] + [("one thread", p, False) for p in presets]
-    runs = max(3, frames // (4 * batch))
-    got: dict = {m: [] for m in modes}  # (network frames/s, its CPU s, video frames/s, its CPU s) per round
+    runs = max(3, frames // (2 * batch))
+    bench = bench_jax(model, np.asarray(x), dtype, warmup=1, runs=runs)
+    modes = [("pipelined", p, True) for p in presets] + [("one thread", p, False) for p in presets if one_thread]
+    got: dict = {m: [] for m in modes}
     with tempfile.TemporaryDirectory() as d:
         clip = make_clip(Path(d) / "in.mp4", h, w, frames)
         for _ in range(rounds):
             for m in modes:
-                net, net_cpu = network_fps(apply, x, runs)
-                t, c = time.perf_counter(), time.process_time()
-                r = upscale_video(apply, model.arch.scale, clip, Path(d) / f"out{suffix}", batch=batch,
-                                  preset=m[1], threads=m[2])
-                fps, cpu = r.frames / (time.perf_counter() - t), (time.process_time() - c) / r.frames
-                got[m].append((net, net_cpu, fps, cpu))
+                before = network_fps(apply, x, runs)
+                v = video_run(apply, model.arch.scale, clip, Path(d) / f"out{suffix}", batch, m[1], m[2])
+                after = network_fps(apply, x, runs)
+                v["net"], v["net_cpu"] = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
+                got[m].append(v)
     rows = []
     for m, v in got.items():
-        med = lambda k: statistics.median(g[k] for g in v)  # noqa: E731
-        rows.append({"mode": m[0], "preset": m[1], "network_fps": med(0), "fps": med(2),
-                     "ratio": statistics.median(g[2] / g[0] for g in v), "ratios": [g[2] / g[0] for g in v],
-                     "network_cpu_ms": 1e3 * med(1), "cpu_ms": 1e3 * med(3)})
+        med = lambda f: statistics.median(f(g) for g in v)  # noqa: E731
+        rows.append({"mode": m[0], "preset": m[1], "network_fps": med(lambda g: g["net"]),
+                     "fps": med(lambda g: g["fps"]), "ratio": med(lambda g: g["fps"] / g["net"]),
+                     "ratios": [g["fps"] / g["net"] for g in v], "steady_ratio": med(lambda g: g["steady"] / g["net"]),
+                     "network_cpu_ms": 1e3 * med(lambda g: g["net_cpu"]), "cpu_ms": 1e3 * med(lambda g: g["cpu"])})
     return bench, rows
 
 
@@ -127,6 +143,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--out", default=".mp4", help="output container suffix")
+    ap.add_argument("--no-one-thread", action="store_true", help="time the pipelined path only")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     from prfdn_jax.backends import choices, configure_xla_flags
@@ -134,18 +151,19 @@ def main(argv=None) -> int:
     configure_xla_flags()
     batch = a.batch or choices().video_batch
     h, w = (int(v) for v in a.size.split("x"))
-    bench, rows = measure(a.model, (h, w), a.frames, batch, a.presets.split(","), a.rounds, a.dtype, a.out)
+    bench, rows = measure(a.model, (h, w), a.frames, batch, a.presets.split(","), a.rounds, a.dtype, a.out,
+                          not a.no_one_thread)
     import jax
 
     print(f"{a.model}, {w}x{h} frames, batch {batch}, {a.dtype}, {a.frames}-frame clip, {a.rounds} rounds, "
           f"{jax.devices()[0].device_kind}; prfdn bench: {batch / bench['median_ms'] * 1e3:.2f} frames/s\n")
-    print("| mode | x264 preset | network frames/s | end-to-end frames/s | end-to-end / network (each round) | "
-          "CPU ms per frame: network, end to end |")
-    print("|---|---|---|---|---|---|")
+    print("| mode | x264 preset | network frames/s | end-to-end frames/s | end to end / network (each round) | "
+          "steady state / network | CPU ms per frame: network, end to end |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         each = ", ".join(f"{v:.2f}" for v in r["ratios"])
-        print(f"| {r['mode']} | {r['preset']} | {r['network_fps']:.2f} | {r['fps']:.2f} | **{r['ratio']:.2f}** ({each}) "
-              f"| {r['network_cpu_ms']:.0f}, {r['cpu_ms']:.0f} |")
+        print(f"| {r['mode']} | {r['preset']} | {r['network_fps']:.2f} | {r['fps']:.2f} | **{r['ratio']:.2f}** "
+              f"({each}) | {r['steady_ratio']:.2f} | {r['network_cpu_ms']:.0f}, {r['cpu_ms']:.0f} |")
     if a.json:
         print(json.dumps(rows))
     return 0

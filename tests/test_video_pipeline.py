@@ -129,3 +129,11 @@ def test_preset_is_passed_to_x264_and_checked(tmp_path, clip, x2):
         upscale_video(x2, 2, clip, tmp_path / "q.mp4", preset="quick")
     p = run_prfdn("upscale", clip, "-o", tmp_path / "q.mp4", "--preset", "quick")
     assert p.returncode == 2 and "invalid choice: 'quick'" in p.stderr
+
+
+def test_the_benchmark_script_runs(capsys):
+    from experiments import video_pipeline
+
+    assert video_pipeline.main(["--size", "24x32", "--frames", "8", "--rounds", "1", "--presets", "ultrafast"]) == 0
+    out = capsys.readouterr().out
+    assert "| pipelined | ultrafast | " in out and "| one thread | ultrafast | " in out, out
