@@ -28,6 +28,7 @@ TILE_BAR_MIN = 8  # a progress bar over the tiles of one image when it has more 
 
 def add_arguments(u) -> None:
     from prfdn_jax.deploy import DTYPES
+    from prfdn_jax.folder_jobs import EXTS
     from prfdn_jax.video import DEFAULT_PRESET, PRESETS
 
     u.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
@@ -55,7 +56,7 @@ def add_arguments(u) -> None:
                         "onto this colour: white (default), black, #RRGGBB or any CSS colour name")
     u.add_argument("--suffix", default="", metavar="S",
                    help="output names in a folder: the input's stem + S (e.g. _x2: photo.jpg -> photo_x2.png)")
-    u.add_argument("--ext", choices=("auto", "png", "jpg", "webp"), default=None,
+    u.add_argument("--ext", choices=EXTS, default=None,
                    help="format of the outputs in a folder: png (default), jpg, webp, or auto (each input's own)")
     u.add_argument("--quality", type=_quality, default=None, metavar="Q",
                    help="JPEG / WebP quality 1..100 (default 95)")
@@ -158,7 +159,7 @@ def _collect_inputs(inputs: list[str]) -> tuple[list[Path], bool]:
 
 def _plan_outputs(paths: list[Path], had_dir: bool, out: Path, args) -> list[Path]:
     """The output file of every input, checked before any work: extensions, folders, writability, inputs;
-    in a folder named by :func:`~prfdn_jax.commands.folder_jobs.output_name` (``--suffix``, ``--ext``)."""
+    in a folder named by :func:`~prfdn_jax.folder_jobs.output_name` (``--suffix``, ``--ext``)."""
     from prfdn_jax.imaging import IMAGE_EXTENSIONS
 
     if len(paths) == 1 and not had_dir and not out.is_dir():
