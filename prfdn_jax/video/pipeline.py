@@ -10,7 +10,7 @@ Three stages, joined by bounded queues (:class:`Pipeline`):
 
 Every frame goes through exactly the operations of the one-thread path (``threads=False``, :func:`serial`),
 so the output is the same bit for bit. Memory stays what the one-thread path uses: at most two network
-outputs are alive (one being computed, one being converted to uint8) and the decoded frames waiting for
+outputs are alive (one being computed, one waiting for or in its uint8 conversion) and the frames waiting for
 the network are at most ``2 * batch + 2``. An error in any stage stops the others (each waits at most
 :data:`POLL_S` on a queue before it looks) and is raised in the calling thread once both threads have
 ended, so the caller's clean-up (closing the output, removing its temp file) never races a thread;
