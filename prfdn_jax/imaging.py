@@ -21,6 +21,8 @@ from PIL import ImageFile, ImageOps, UnidentifiedImageError
 from prfdn_jax.fileio import atomic_write, no_such
 
 __all__ = [
+    "ALPHA_EXTENSIONS",
+    "DEFAULT_QUALITY",
     "IMAGE_EXTENSIONS",
     "Image",
     "ImageError",
@@ -30,11 +32,14 @@ __all__ = [
 ]
 
 #: File extensions (lower case) that :func:`list_images` picks up and :func:`write_image` can write.
-IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp")
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+#: Those whose files keep an alpha channel (:func:`write_image` drops it for the others).
+ALPHA_EXTENSIONS: tuple[str, ...] = (".png", ".webp")
+#: JPEG and WebP quality (1..100) when none is given.
+DEFAULT_QUALITY = 95
 
 
-_WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP"}
-_JPEG_QUALITY = 95
+_WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".webp": "WEBP"}
 
 
 class ImageError(ValueError):
@@ -246,11 +251,12 @@ def _to_rgb_alpha(im, p: Path, notes: list[str], bits: int | None = None) -> tup
 # --------------------------------------------------------------------------------------------------
 
 
-def write_image(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray | None = None) -> Path:
+def write_image(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray | None = None,
+                quality: int = DEFAULT_QUALITY) -> Path:
     """Write ``rgb`` ((H, W, 3) or (H, W) uint8) and optional ``alpha`` ((H, W) uint8) atomically.
 
-    The format comes from the extension: .png, .jpg/.jpeg (quality 95), .bmp; the alpha channel is
-    kept only for PNG (dropped otherwise). The data go to a temporary file in the target folder that
+    The format comes from the extension: .png, .jpg/.jpeg and .webp (lossy, ``quality`` 1..100), .bmp; the
+    alpha channel is kept for PNG and WebP (:data:`ALPHA_EXTENSIONS`; dropped otherwise). The data go to a temporary file in the target folder that
     is then renamed over ``path`` (:func:`prfdn_jax.fileio.atomic_write`); on any failure the temporary
     file is removed, so no partial file is left. Parent folders are created. Returns the path written.
     """
@@ -275,14 +281,16 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray | No
             raise ImageError(
                 f"{p}: alpha must be uint8 of shape {rgb.shape[:2]}, got {alpha.dtype} {alpha.shape}"
             )
-    if alpha is not None and fmt == "PNG":
-        if rgb.ndim == 2:
+    if not 1 <= int(quality) <= 100:
+        raise ImageError(f"{p}: quality must be in 1..100, got {quality}")
+    if alpha is not None and p.suffix.lower() in ALPHA_EXTENSIONS:
+        if rgb.ndim == 2 and fmt == "PNG":
             pil = _PILImage.fromarray(np.stack([rgb, alpha], axis=2), "LA")
-        else:
-            pil = _PILImage.fromarray(np.dstack([rgb, alpha]), "RGBA")
+        else:  # WebP has no grey + alpha mode: grey as RGB
+            pil = _PILImage.fromarray(np.dstack([rgb] * (3 if rgb.ndim == 2 else 1) + [alpha]), "RGBA")
     else:
         pil = _PILImage.fromarray(np.ascontiguousarray(rgb), "L" if rgb.ndim == 2 else "RGB")
-    save_kwargs = {"quality": _JPEG_QUALITY} if fmt == "JPEG" else {}
+    save_kwargs = {"quality": int(quality)} if fmt in ("JPEG", "WEBP") else {}
 
     folder = p.parent
     try:

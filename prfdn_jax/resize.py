@@ -16,7 +16,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image as _PILImage
 
-__all__ = ["DEGRADATIONS", "FLAVOURS", "modcrop", "imresize_matlab", "downscale", "ntire_degrade", "degrade"]
+__all__ = ["DEGRADATIONS", "FLAVOURS", "modcrop", "imresize_matlab", "downscale", "ntire_degrade", "degrade",
+           "resize_lanczos"]
 
 #: Names accepted by :func:`downscale`.
 FLAVOURS: tuple[str, ...] = ("matlab", "pil")
@@ -166,6 +167,15 @@ def _pil_bicubic(img: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
             return np.asarray(f).astype(np.float64)
         return np.stack([_pil_bicubic(img[:, :, c], size_wh) for c in range(img.shape[2])], axis=2)
     raise ValueError(f"PIL flavour supports uint8 or float arrays, got {img.dtype}")
+
+
+def resize_lanczos(img: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
+    """PIL LANCZOS (a = 3) resize of a uint8 (H, W) or (H, W, 3) image to ``size_wh`` = (W', H'): what
+    ``prfdn upscale --outscale`` does after the network (Real-ESRGAN's ``--outscale``, with cv2's Lanczos)."""
+    if img.dtype != np.uint8 or img.ndim not in (2, 3):
+        raise ValueError(f"resize_lanczos takes a uint8 (H, W) or (H, W, 3) image, got {img.dtype} {img.shape}")
+    mode = "L" if img.ndim == 2 else "RGB"
+    return np.asarray(_PILImage.fromarray(np.ascontiguousarray(img), mode).resize(size_wh, _PILImage.LANCZOS))
 
 
 def downscale(img: np.ndarray, scale: int, flavour: str = "matlab") -> np.ndarray:

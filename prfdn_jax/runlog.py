@@ -97,10 +97,10 @@ class Progress:
         self.log = MetricsLog(workdir, start, enabled=enabled)
         self.pbar = None
         if self.verbose:
-            from tqdm import tqdm
+            from prfdn_jax.progress import progress
 
-            self.pbar = tqdm(total=steps, initial=min(start, steps), unit="step", dynamic_ncols=True, disable=None,
-                             desc=workdir.name)
+            # a bar on a terminal, else a plain line every PRFDN_PROGRESS_EVERY seconds (10)
+            self.pbar = progress(None, steps, workdir.name, unit="step", initial=min(start, steps), min_total=1)
         self.losses: list[tuple[int, float]] = []  # (step, mean loss) and (step, PSNR-Y) of the logged rows
         self.psnrs: list[tuple[int, float]] = []
         self.batch_shards = None  # set by the loop: the LR batch shapes this process's devices hold

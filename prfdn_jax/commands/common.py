@@ -76,49 +76,6 @@ def add_memory_budget(p) -> None:
                         "the available memory, at most 2 GB)")
 
 
-PROGRESS_EVERY_S = 10.0  # a plain progress line at most this often where stderr is not a terminal
-
-
-def progress(items, total: int, desc: str, unit: str = "img"):
-    """A tqdm bar over ``items`` on stderr (none for one item); where stderr is not a terminal (a log file),
-    plain lines instead (:class:`ProgressLines`: no carriage returns). Iterable, with ``update(n)`` and
-    ``close()``."""
-    if total > 1 and not sys.stderr.isatty():
-        return ProgressLines(items, total, desc, unit)
-    from tqdm import tqdm
-
-    return tqdm(items, total=total, desc=desc, unit=unit, file=sys.stderr, disable=total <= 1,
-                dynamic_ncols=True, leave=False)
-
-
-class ProgressLines:
-    """tqdm's interface (iterate, ``update``, ``close``) printing ``desc: done/total unit (elapsed)`` lines:
-    every :data:`PROGRESS_EVERY_S` seconds and at the end."""
-
-    def __init__(self, items, total: int, desc: str, unit: str = "img"):
-        import time
-
-        self.items, self.total, self.desc, self.unit, self.n = items, total, desc, unit, 0
-        self.clock = time.monotonic
-        self.t0 = self.last = self.clock()
-
-    def __iter__(self):
-        for item in self.items:
-            yield item
-            self.update(1)
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-        now = self.clock()
-        if self.n >= self.total or now - self.last >= PROGRESS_EVERY_S:
-            self.last = now
-            print(f"{self.desc}: {self.n}/{self.total} {self.unit} ({now - self.t0:.0f} s)", file=sys.stderr,
-                  flush=True)
-
-    def close(self) -> None:
-        pass
-
-
 def check_model_args(args) -> None:
     """A ``--model`` name must be a built-in one (checked before any file is read)."""
     from prfdn_jax import registry

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from prfdn_jax.commands.common import (CLIError, add_memory_budget, add_model_args, auto_tile,
-                                       budget_gb, check_model_args, eval_set, progress, resolve_model)
+                                       budget_gb, check_model_args, eval_set, resolve_model)
+from prfdn_jax.progress import progress
 
 HELP = "PSNR/SSIM on a folder with HR/ (and optional LR_bicubic/X{S}/)"
 
@@ -68,7 +69,7 @@ def run(args) -> int:
     model, label = resolve_model(args)
     scale = model.arch.scale
     items = eval_set(Path(args.data), scale, args.degradation)
-    bar = progress(None, len(items), "eval")
+    bar = progress(None, len(items), "eval", unit="img", final=True)
     f = _tiled_forward(deploy(model, dtype=args.dtype), model, budget, [name for name, _, _ in items])
     try:
         res = evaluate(f, items, scale, progress=lambda done, total: bar.update(1))

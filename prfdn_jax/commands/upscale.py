@@ -17,9 +17,10 @@ import sys
 from pathlib import Path
 
 from prfdn_jax.commands.common import (EXIT_ERROR, CLIError, add_memory_budget, add_model_args, auto_tile,
-                                       budget_gb, check_model_args, check_writable, one_line, progress,
+                                       budget_gb, check_model_args, check_writable, one_line,
                                        resolve_model)
 from prfdn_jax.fileio import no_such
+from prfdn_jax.progress import progress
 
 HELP = "upscale images with a built-in or given model"
 TILE_BAR_MIN = 8  # a progress bar over the tiles of one image when it has more than this many
@@ -27,6 +28,8 @@ TILE_BAR_MIN = 8  # a progress bar over the tiles of one image when it has more 
 
 def add_arguments(u) -> None:
     from prfdn_jax.deploy import DTYPES
+    from prfdn_jax.folder_jobs import EXTS
+    from prfdn_jax.video import DEFAULT_PRESET, PRESETS
 
     u.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     u.add_argument("-o", "--output", required=True, metavar="OUT",
@@ -45,9 +48,23 @@ def add_arguments(u) -> None:
     u.add_argument("--crf", type=int, default=18, metavar="N",
                    help="video: x264 quality 0..51, lower is better (default 18, visually lossless)")
     u.add_argument("--lossless", action="store_true", help="video: lossless RGB H.264 (libx264rgb)")
+    u.add_argument("--preset", choices=PRESETS, default=DEFAULT_PRESET,
+                   help="video: x264 speed, ultrafast .. veryslow (default medium); a faster preset leaves more of "
+                        "the CPU to the network and writes a larger file at the same --crf")
     u.add_argument("--background", type=parse_colour, default="white", metavar="COLOUR",
                    help="transparent images written where there is no alpha channel (.jpg, .bmp) are flattened "
                         "onto this colour: white (default), black, #RRGGBB or any CSS colour name")
+    u.add_argument("--suffix", default="", metavar="S",
+                   help="output names in a folder: the input's stem + S (e.g. _x2: photo.jpg -> photo_x2.png)")
+    u.add_argument("--ext", choices=EXTS, default=None,
+                   help="format of the outputs in a folder: png (default), jpg, webp, or auto (each input's own)")
+    u.add_argument("--quality", type=_quality, default=None, metavar="Q",
+                   help="JPEG / WebP quality 1..100 (default 95)")
+    u.add_argument("--outscale", type=_positive, default=None, metavar="F",
+                   help="final scale: the network, then a Lanczos resize to int(F x input size) (e.g. 3.5 with an "
+                        "x4 model; default: the model's scale, no resize)")
+    u.add_argument("--skip-existing", action="store_true",
+                   help="resume a folder job: an output already there (a complete image) is skipped and counted")
 
 
 def parse_colour(text: str) -> tuple[int, int, int]:
@@ -60,6 +77,29 @@ def parse_colour(text: str) -> tuple[int, int, int]:
         return ImageColor.getrgb(text)[:3]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a colour (white, black, #RRGGBB, ...)") from None
+
+
+def _positive(text: str) -> float:
+    """``--outscale``: a finite number > 0 (argparse reports anything else: exit 2)."""
+    import argparse
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number > 0")
+    return v
+
+
+def _quality(text: str) -> int:
+    """``--quality``: an integer 1..100."""
+    import argparse
+
+    if not (text.isdigit() and 1 <= int(text) <= 100):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer in 1..100")
+    return int(text)
 
 
 class _TileBar:
@@ -99,7 +139,7 @@ def _luma(rgb):
 # ----------------------------------------------------------------------------- images
 def _collect_inputs(inputs: list[str]) -> tuple[list[Path], bool]:
     """Image paths from files and folders; second value: whether any input was a folder."""
-    from prfdn_jax.imaging import list_images
+    from prfdn_jax.imaging import IMAGE_EXTENSIONS, list_images
 
     paths, had_dir = [], False
     for s in inputs:
@@ -108,7 +148,7 @@ def _collect_inputs(inputs: list[str]) -> tuple[list[Path], bool]:
             had_dir = True
             found = list_images(p)
             if not found:
-                raise CLIError(f"{p}: folder holds no images (.png, .jpg, .jpeg, .bmp)")
+                raise CLIError(f"{p}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
             paths.extend(found)
         elif p.exists():
             paths.append(p)
@@ -117,13 +157,18 @@ def _collect_inputs(inputs: list[str]) -> tuple[list[Path], bool]:
     return paths, had_dir
 
 
-def _plan_outputs(paths: list[Path], had_dir: bool, out: Path, overwrite: bool) -> list[Path]:
-    """The output file of every input, checked before any work: extensions, folders, writability, inputs."""
+def _plan_outputs(paths: list[Path], had_dir: bool, out: Path, args) -> list[Path]:
+    """The output file of every input, checked before any work: extensions, folders, writability, inputs;
+    in a folder named by :func:`~prfdn_jax.folder_jobs.output_name` (``--suffix``, ``--ext``)."""
     from prfdn_jax.imaging import IMAGE_EXTENSIONS
 
     if len(paths) == 1 and not had_dir and not out.is_dir():
         if out.suffix.lower() not in IMAGE_EXTENSIONS:
             raise CLIError(f"{out}: output file needs an image extension ({', '.join(IMAGE_EXTENSIONS)})")
+        for name in ("suffix", "ext"):
+            if getattr(args, name):
+                raise CLIError(f"--{name} names the files written into an output folder; {out} is one file (name it "
+                               "as you want it)")
         targets = [out]
     else:
         if out.exists() and not out.is_dir():
@@ -131,12 +176,14 @@ def _plan_outputs(paths: list[Path], had_dir: bool, out: Path, overwrite: bool) 
         if not out.exists() and out.suffix.lower() in IMAGE_EXTENSIONS:
             raise CLIError(f"{out}: {len(paths)} images need an output folder; name it without an image "
                            "extension (or upscale one image at a time)")
-        targets = [out / (p.stem + ".png") for p in paths]
+        from prfdn_jax.folder_jobs import output_name
+
+        targets = [out / output_name(p, args.suffix, args.ext) for p in paths]
         dup = {t for t in targets if targets.count(t) > 1}
         if dup:
             raise CLIError(f"two inputs would both be written to {sorted(dup)[0]}; upscale them separately")
     check_writable(targets[0])
-    if not overwrite:
+    if not args.overwrite:
         inputs = {os.path.realpath(p): p for p in paths}
         for t in targets:
             if os.path.realpath(t) in inputs:
@@ -165,27 +212,46 @@ def run(args) -> int:
             raise CLIError("a video is upscaled on its own: prfdn upscale IN.mp4 -o OUT.mp4")
         if not Path(args.inputs[0]).is_file():
             raise CLIError(f"{args.inputs[0]}: {no_such(args.inputs[0], 'file')}")
+        for name in ("suffix", "ext", "quality", "outscale", "skip_existing"):
+            if getattr(args, name):
+                raise CLIError(f"--{name.replace('_', '-')} applies to images, not to a video")
         return _upscale_video(args, Path(args.inputs[0]), budget, overlap)
     paths, had_dir = _collect_inputs(args.inputs)
     out = Path(args.output)
-    targets = _plan_outputs(paths, had_dir, out, args.overwrite)
+    todo, skipped = _still_to_do(list(zip(paths, _plan_outputs(paths, had_dir, out, args))), args.skip_existing)
+    if not todo:
+        what = f"{out} is" if len(paths) == 1 else f"all {len(paths)} outputs are"
+        print(f"nothing to upscale: {what} already there (--skip-existing)")
+        return 0
     model, label = resolve_model(args)
     apply = deploy(model, dtype=args.dtype)
     failed = 0
-    for src, dst in progress(zip(paths, targets), len(paths), f"x{model.arch.scale} {label}"):
+    for src, dst in progress(todo, len(todo), f"x{model.arch.scale} {label}", unit="img", final=True):
         try:
-            w, h = _upscale_image(args, apply, model, src, dst, budget, overlap)
+            (w, h), (ow, oh) = _upscale_image(args, apply, model, src, dst, budget, overlap)
             if len(paths) == 1:
-                s = model.arch.scale
-                print(f"{src} -> {dst} ({w}x{h} -> {w * s}x{h * s}, {label})")
+                print(f"{src} -> {dst} ({w}x{h} -> {ow}x{oh}, {label})")
         except NonFiniteOutput as e:  # the weights: every other image would fail too
             raise CLIError(f"{src}: {e}; {dst} not written") from None
         except (ImageError, ValueError, OSError) as e:
             failed += 1
             print(f"prfdn: error: {one_line(e)}", file=sys.stderr)
     if len(paths) > 1:
-        print(f"upscaled {len(paths) - failed}/{len(paths)} images x{model.arch.scale} with {label} -> {out}")
+        skip = f", {skipped} skipped: already there (--skip-existing)" if skipped else ""
+        print(f"upscaled {len(todo) - failed}/{len(paths)} images x{model.arch.scale} with {label} -> {out}{skip}")
     return EXIT_ERROR if failed else 0
+
+
+def _still_to_do(pairs: list, skip_existing: bool) -> tuple[list, int]:
+    """The (input, output) pairs to run and how many ``--skip-existing`` skips (outputs already there)."""
+    if not skip_existing:
+        return pairs, 0
+    from prfdn_jax.folder_jobs import still_to_do
+
+    todo, skipped, notes = still_to_do(pairs)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    return todo, skipped
 
 
 def tile_for(args, model, what: str, w: int, h: int, budget: float, overlap: int, alpha: bool = False) -> int:
@@ -200,9 +266,11 @@ def tile_for(args, model, what: str, w: int, h: int, budget: float, overlap: int
     return tile
 
 
-def _upscale_image(args, apply, model, src: Path, dst: Path, budget: float, overlap: int) -> tuple[int, int]:
-    """Read ``src``, upscale it (tiled within the budget), write ``dst``, print the notes; ``(w, h)`` of ``src``."""
-    from prfdn_jax.imaging import ImageError, read_image, write_image
+def _upscale_image(args, apply, model, src: Path, dst: Path, budget: float, overlap: int):
+    """Read ``src``, upscale it (tiled within the budget; then to ``--outscale``), write ``dst``, print the notes;
+    ``((w, h) of src, (w, h) of dst)``."""
+    from prfdn_jax.folder_jobs import outscale
+    from prfdn_jax.imaging import ALPHA_EXTENSIONS, DEFAULT_QUALITY, ImageError, read_image, write_image
     from prfdn_jax.inference import MIN_SIZE
 
     img = read_image(src)
@@ -213,16 +281,17 @@ def _upscale_image(args, apply, model, src: Path, dst: Path, budget: float, over
         tile = tile_for(args, model, f"{src} is", w, h, budget, overlap, img.alpha is not None)
     except CLIError as e:
         raise ImageError(f"{src}: {e}") from None
-    flatten = img.alpha is not None and dst.suffix.lower() != ".png"  # only PNG keeps an alpha channel
+    flatten = img.alpha is not None and dst.suffix.lower() not in ALPHA_EXTENSIONS
     bar = _TileBar(src.name)
     try:
         sr, alpha = upscale_rgba(apply, img.rgb, img.alpha, model.arch.scale, tile, overlap, bar,
                                  args.background if flatten else None)
     finally:
         bar.close()
+    sr, alpha = outscale(sr, alpha, w, h, args.outscale, src)
     if any(n.startswith("grayscale") for n in img.notes):
         sr = _luma(sr)  # grey in, grey out: BT.601 luma of the (nearly grey) network output
-    write_image(dst, sr, alpha)
+    write_image(dst, sr, alpha, quality=args.quality or DEFAULT_QUALITY)
     notes = img.notes
     if flatten:
         hexa = "#{:02X}{:02X}{:02X}".format(*args.background)
@@ -230,7 +299,7 @@ def _upscale_image(args, apply, model, src: Path, dst: Path, budget: float, over
         notes.append(f"transparency flattened onto {hexa} (--background): {dst.suffix} has no alpha channel")
     for note in notes:
         print(f"note: {src}: {note}", file=sys.stderr)
-    return w, h
+    return (w, h), (sr.shape[1], sr.shape[0])
 
 
 # ----------------------------------------------------------------------------- alpha
@@ -269,8 +338,6 @@ def upscale_rgba(apply, rgb, alpha, scale: int, tile: int, overlap: int, progres
 # ----------------------------------------------------------------------------- video
 def _upscale_video(args, src: Path, budget: float, overlap: int) -> int:
     """``prfdn upscale IN.mp4 -o OUT.mp4``: one video in, one video out, frames tiled as images are."""
-    from tqdm import tqdm
-
     from prfdn_jax.deploy import deploy
     from prfdn_jax.inference import GB
     from prfdn_jax.video import upscale_video
@@ -295,17 +362,15 @@ def _upscale_video(args, src: Path, budget: float, overlap: int) -> int:
             pass
         return tile_for(args, model, f"{src}: frames are", w, h, budget, overlap) or max(w, h)
 
-    bar = tqdm(desc=f"x{scale} {src.name}", unit="frame", file=sys.stderr, dynamic_ncols=True, leave=False,
-               disable=None)
+    bar = progress(None, None, f"x{scale} {src.name}", unit="frame")  # a bar, or plain lines in a log
 
     def frame_progress(done: int, total: int | None, fps: float) -> None:
         bar.total = total
         bar.update(done - bar.n)
-        bar.set_postfix(fps=f"{fps:.1f}")
 
     try:
         res = upscale_video(deploy(model, dtype=args.dtype), scale, src, out, crf=args.crf, lossless=args.lossless,
-                            progress=frame_progress, tile=frame_tile, overlap=overlap)
+                            progress=frame_progress, tile=frame_tile, overlap=overlap, preset=args.preset)
     finally:
         bar.close()
     for note in res.notes:

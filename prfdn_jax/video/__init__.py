@@ -1,12 +1,12 @@
 """``prfdn upscale IN.mp4 -o OUT.mp4``: upscale every frame of a video, keep its timing, colour tags and audio.
 
 :func:`upscale_video` streams: frames are decoded one packet at a time, upscaled and encoded as H.264
-as they come, so memory stays bounded whatever the length. Frames run either whole, ``batch`` at a
-time through one compiled program (every batch has the same shape; the last one is padded; the
-network computes the next batch while the previous one is encoded), or, with ``tile``, one at a time
-through :func:`prfdn_jax.inference.upscale_array`, the tiling images use (``tile`` may be a function of
-the frame size: ``prfdn upscale`` passes the automatic tile of ``--memory-budget``, the same as for an
-image). The output keeps each frame's timestamp (the input's time base and frame rate), the colour
+as they come, so memory stays bounded whatever the length. Decoding, the network and encoding overlap
+(three stages in bounded queues, :mod:`prfdn_jax.video.pipeline`). Frames run either whole, ``batch`` at a
+time through one compiled program (every batch has the same shape; the last one is padded), or, with
+``tile``, one at a time through :func:`prfdn_jax.inference.upscale_array`, the tiling images use (``tile``
+may be a function of the frame size: ``prfdn upscale`` passes the automatic tile of ``--memory-budget``,
+the same as for an image). The output keeps each frame's timestamp (the input's time base and frame rate), the colour
 tags (primaries, transfer, matrix, range; RGB <-> YUV uses the input's matrix and range) and the
 first audio stream.
 
@@ -47,17 +47,21 @@ from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
+from prfdn_jax.video import pipeline
 from prfdn_jax.video.audio import add_aac, audio_plan
 from prfdn_jax.video.common import VideoError, WriteFailed, line, size_text
+from prfdn_jax.video.decode import damage, decode
 from prfdn_jax.video.writer import Job, Writer
 
-__all__ = ["CONTAINERS", "VideoError", "VideoResult", "is_video", "upscale_video"]
+__all__ = ["CONTAINERS", "PRESETS", "VideoError", "VideoResult", "is_video", "upscale_video"]
 
 CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mkv": "matroska", ".mov": "mov"}  # output suffix -> muxer
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mkv", ".mov", ".webm", ".avi")  # treated as videos by `prfdn upscale`
 DEFAULT_CRF = 18
+# x264's speed / size trade-offs (the same quality at a given crf; faster presets write larger files)
+PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+DEFAULT_PRESET = "medium"  # x264's own default
 COLOUR_TAGS = ("color_primaries", "color_trc", "colorspace", "color_range")
-EARLY_END_S = 0.5  # an input whose frames end this much before its declared duration ended early
 DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
@@ -98,16 +102,25 @@ def _colour(cc, lossless: bool) -> tuple[dict, dict | None]:
     return tags, kw
 
 
-def _open_output(av, tmp: Path, fmt: str, vs, aud, size, crf: int, lossless: bool, copy: bool, tags: dict):
+@dataclasses.dataclass(frozen=True)
+class _Encoding:
+    """The x264 settings of one job."""
+
+    crf: int
+    preset: str
+    lossless: bool
+
+
+def _open_output(av, tmp: Path, fmt: str, vs, aud, size, enc: _Encoding, copy: bool, tags: dict):
     """``(container, video stream, audio stream or None)`` with the header written: H.264 with the input's
     timing and colour ``tags``, the audio copied (``copy``) or encoded as AAC."""
     out = av.open(str(tmp), "w", format=fmt)
     try:
-        ov = out.add_stream("libx264rgb" if lossless else "libx264", rate=vs.average_rate or vs.guessed_rate)
+        ov = out.add_stream("libx264rgb" if enc.lossless else "libx264", rate=vs.average_rate or vs.guessed_rate)
         ov.width, ov.height = size
-        ov.pix_fmt = "rgb24" if lossless else "yuv420p"
+        ov.pix_fmt = "rgb24" if enc.lossless else "yuv420p"
         ov.time_base = ov.codec_context.time_base = vs.time_base  # keep every frame's timestamp as it is
-        ov.options = {"crf": "0" if lossless else str(int(crf))}
+        ov.options = {"crf": "0" if enc.lossless else str(enc.crf), "preset": enc.preset}
         for tag, value in tags.items():
             setattr(ov.codec_context, tag, value)
         oa = None
@@ -120,13 +133,15 @@ def _open_output(av, tmp: Path, fmt: str, vs, aud, size, crf: int, lossless: boo
         raise
 
 
-def _check_args(src: Path, dst: Path, crf, batch) -> str:
+def _check_args(src: Path, dst: Path, crf, batch, preset) -> str:
     """The output muxer of ``dst``; :class:`VideoError` for arguments no job can use."""
     fmt = CONTAINERS.get(dst.suffix.lower())
     if fmt is None:
         raise VideoError(f"{dst}: the output must be {', '.join(CONTAINERS)} (H.264), not {dst.suffix or 'no suffix'}")
     if not 0 <= int(crf) <= 51:
         raise VideoError(f"crf must be in 0..51, got {crf}")
+    if preset not in PRESETS:
+        raise VideoError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
     if int(batch) < 1:
         raise VideoError(f"batch must be >= 1, got {batch}")
     if not src.is_file():
@@ -165,79 +180,6 @@ def _declared(inp, vs, rate) -> tuple[int | None, float | None]:
 
 
 
-# ----------------------------------------------------------------------------- decoding
-@dataclasses.dataclass
-class _Decoded:
-    """What the input gave: frames upscaled, packets skipped (undecodable), where, and why it ended."""
-
-    frames: int = 0
-    skipped: int = 0
-    skip_t: list = dataclasses.field(default_factory=list)  # seconds of the first and last skipped frame
-    first: int | None = None      # smallest and largest timestamp of a frame decoded or skipped
-    last: int | None = None
-    broken: str | None = None     # the demuxer's error where the container became unreadable
-
-    def seen(self, pts) -> None:
-        if pts is not None:
-            self.first = pts if self.first is None else min(self.first, pts)
-            self.last = pts if self.last is None else max(self.last, pts)
-
-
-def _decode(av, inp, vs, aud, wr: Writer, size: tuple[int, int], rate) -> _Decoded:
-    """Demux and decode ``inp``, handing frames to ``wr``: an undecodable packet is skipped, an unreadable
-    container ends the input (both recorded); a frame size change mid-stream is a :class:`VideoError`."""
-    w, h = size
-    d, tb = _Decoded(), wr.job.tb
-    packets = inp.demux(*(s for s in (vs, aud) if s is not None))
-    while True:
-        try:
-            packet = next(packets)
-        except StopIteration:
-            break
-        except (av.FFmpegError, OSError) as e:
-            d.broken = line(e)
-            break
-        if packet.stream is aud:
-            wr.audio(packet)
-            continue
-        try:
-            frames = packet.decode()
-        except av.FFmpegError:
-            d.seen(packet.pts)
-            d.skipped += 1
-            if packet.pts is not None:
-                t = float((packet.pts - (d.first or 0)) * tb)
-                d.skip_t = [d.skip_t[0] if d.skip_t else t, t]
-            continue
-        for vf in frames:
-            img = vf.to_ndarray(format="rgb24", src_color_range=vf.color_range or None)
-            if img.shape[:2] != (h, w):
-                raise VideoError(f"{wr.job.src}: frame size changes mid-stream "
-                                 f"({w}x{h} -> {img.shape[1]}x{img.shape[0]})")
-            pts = vf.pts if vf.pts is not None else int(round(d.frames / (rate * tb)))
-            d.seen(pts)
-            wr.add(pts, img)
-            d.frames += 1
-    return d
-
-
-def _damage(d: _Decoded, declared: tuple[int | None, float | None], rate, tb) -> list[str]:
-    """The warnings of a damaged input: frames skipped, an early end (at which frame and time)."""
-    out = []
-    if d.skipped:
-        a, b = d.skip_t or (0.0, 0.0)
-        out.append(f"{d.skipped} undecodable frame{'s' if d.skipped > 1 else ''} skipped (between {a:.2f} s and "
-                   f"{b:.2f} s); the output holds the {d.frames} others")
-    frames, secs = declared
-    last = float((d.last - d.first) * tb) if d.last is not None else 0.0
-    if d.broken or (secs and last + 1 / float(rate) < secs - EARLY_END_S):
-        of = f" of {secs:.2f} s" + (f", about {frames} frames" if frames else "") if secs else ""
-        why = f" ({d.broken})" if d.broken else ""
-        out.append(f"the input ended early{why}: after frame {d.frames + d.skipped} at {last:.2f} s{of}; the output "
-                   f"holds the {d.frames} frames before the end")
-    return out
-
-
 def _disk_full(dst: Path, wr: Writer | None) -> VideoError:
     """One line for a full disk: the output, about what the whole video needs, the free space."""
     try:
@@ -255,15 +197,18 @@ def upscale_video(apply: Callable, scale: int, src: str | os.PathLike, dst: str 
                   crf: int = DEFAULT_CRF, batch: int | None = None,
                   progress: Callable[[int, int | None, float], None] | None = None,
                   lossless: bool = False, tile: int | Callable[[int, int, int], int] = 0,
-                  overlap: int | None = None) -> VideoResult:
+                  overlap: int | None = None, preset: str = DEFAULT_PRESET, threads: bool = True) -> VideoResult:
     """Upscale the video ``src`` by ``scale`` into ``dst`` (see the module doc); returns a :class:`VideoResult`.
 
     ``apply``: ``(B, H, W, 3)`` float [0, 255] -> ``(B, sH, sW, 3)`` float (``prfdn_jax.deploy.deploy``).
-    ``crf``: x264 quality, 0 (lossless luma) .. 51, lower is better (18: visually lossless).
+    ``crf``: x264 quality, 0 (lossless luma) .. 51, lower is better (18: visually lossless); ``preset``: x264's
+    speed (:data:`PRESETS`; faster ones write larger files at the same crf).
     ``batch``: frames per call of ``apply`` (default: the backend's ``video_batch``, :mod:`prfdn_jax.backends`).
     ``tile``: LR tile of :func:`prfdn_jax.inference.upscale_array` (0: whole frames, ``batch`` at a time), or
     ``tile(width, height, batch)`` giving it for the frame size; ``overlap`` (default 16): of the tiles.
-    ``progress(frames_done, total_frames or None, frames_per_second)`` is called after every batch.
+    ``progress(frames_done, total_frames or None, frames_per_second)`` is called after every batch (from
+    the encode thread). ``threads``: decode, the network and encode overlap (:mod:`prfdn_jax.video.pipeline`;
+    the same frames as without).
     """
     from prfdn_jax.extras import require_module
 
@@ -275,14 +220,14 @@ def upscale_video(apply: Callable, scale: int, src: str | os.PathLike, dst: str 
     if overlap is None:
         from prfdn_jax.inference import DEFAULT_OVERLAP as overlap
     src, dst = Path(src), Path(dst)
-    fmt = _check_args(src, dst, crf, batch)
+    fmt = _check_args(src, dst, crf, batch, preset)
     t0 = time.perf_counter()
     inp = None
     try:
         inp = av.open(str(src))
         vs, aud, (w, h), rate = _video_stream(inp, src)
-        return _run(av, inp, (vs, aud, (w, h), rate), src, dst, fmt, apply, scale, int(crf), int(batch),
-                    progress, lossless, tile, overlap, t0)
+        return _run(av, inp, (vs, aud, (w, h), rate), src, dst, fmt, apply, scale,
+                    _Encoding(int(crf), preset, lossless), int(batch), progress, tile, overlap, t0, threads)
     except (av.FFmpegError, OSError, ValueError) as e:
         if isinstance(e, VideoError):
             raise
@@ -292,21 +237,21 @@ def upscale_video(apply: Callable, scale: int, src: str | os.PathLike, dst: str 
             inp.close()
 
 
-def _run(av, inp, stream, src: Path, dst: Path, fmt: str, apply, scale: int, crf: int, batch: int, progress,
-         lossless: bool, tile, overlap: int, t0: float) -> VideoResult:
+def _run(av, inp, stream, src: Path, dst: Path, fmt: str, apply, scale: int, enc: _Encoding, batch: int, progress,
+         tile, overlap: int, t0: float, threads: bool) -> VideoResult:
     """:func:`upscale_video` once the input is open: the plan (size, tiles, audio, colour), then the frames."""
     from prfdn_jax.fileio import atomic_write
 
     vs, aud, (w, h), rate = stream
     notes: list[str] = []
     ow, oh = w * scale, h * scale
-    if not lossless and (ow % 2 or oh % 2):
+    if not enc.lossless and (ow % 2 or oh % 2):
         notes.append(f"output {ow}x{oh} cropped to {ow - ow % 2}x{oh - oh % 2}: yuv420p needs even sizes")
         ow, oh = ow - ow % 2, oh - oh % 2
     tile = int(tile(w, h, batch) if callable(tile) else tile)
     copy, note = audio_plan(av, src, fmt, aud)  # before any frame is computed
     notes += [note] if note else []
-    tags, colour = _colour(vs.codec_context, lossless)
+    tags, colour = _colour(vs.codec_context, enc.lossless)
     declared = _declared(inp, vs, rate)
     job = Job(av, apply, scale, batch, tile, overlap, (ow, oh), vs.time_base or Fraction(1) / rate, src, progress,
               declared[0], colour)
@@ -315,12 +260,12 @@ def _run(av, inp, stream, src: Path, dst: Path, fmt: str, apply, scale: int, crf
         with atomic_write(dst, suffix=dst.suffix) as tmp:  # renamed onto dst at the end of the block
             hide[str(tmp)], job.tmp = str(dst), tmp
             try:
-                out, ov, oa = _open_output(av, tmp, fmt, vs, aud, (ow, oh), crf, lossless, copy, tags)
+                out, ov, oa = _open_output(av, tmp, fmt, vs, aud, (ow, oh), enc, copy, tags)
             except (av.FFmpegError, OSError, ValueError) as e:
                 raise WriteFailed(e) from None
             wr = Writer(job, out, ov, oa, copy)
-            d = _decode(av, inp, vs, aud, wr, (w, h), rate)
-            wr.flush()
+            d = pipeline.run(job, wr, lambda sink, stopped: decode(av, inp, vs, aud, sink, (w, h), rate, job.tb, src,
+                                                                   stopped), threads)
             if wr.done == 0:
                 raise VideoError(f"{src}: no video frames could be decoded")
             stage = "cannot write"
@@ -340,7 +285,7 @@ def _run(av, inp, stream, src: Path, dst: Path, fmt: str, apply, scale: int, crf
                 wr.out.close()
             except Exception:  # noqa: BLE001 - closing a broken container after an error
                 pass
-    warnings = _damage(d, declared, rate, job.tb)
+    warnings = damage(d, declared, rate, job.tb)
     if wr.bad_audio:
         warnings.append(f"{wr.bad_audio} undecodable audio packet{'s' if wr.bad_audio > 1 else ''} skipped")
     secs = time.perf_counter() - t0

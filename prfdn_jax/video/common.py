@@ -37,3 +37,12 @@ def file_size(p: Path | None) -> int:
         return p.stat().st_size if p is not None else 0
     except OSError:
         return 0
+
+
+def upscaled(src: Path, fn, *args):
+    """``fn(*args)`` (the network, or the wait for its asynchronous output); a failure there (e.g. XLA out of
+    memory) is one :class:`VideoError` line naming the video ``src``."""
+    try:
+        return fn(*args)
+    except (ValueError, RuntimeError) as e:
+        raise VideoError(f"{src}: upscaling a frame failed ({line(e)})") from None

@@ -1,4 +1,4 @@
-"""Frames in, H.264 out: :class:`Writer` upscales the decoded frames of one job and muxes them with the audio."""
+"""Upscaled frames in, H.264 out: :class:`Writer` encodes and muxes the frames of one job with its audio."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from prfdn_jax.video.common import VideoError, WriteFailed, file_size, line
+from prfdn_jax.video.common import WriteFailed, file_size, upscaled
+
 
 @dataclasses.dataclass
 class Job:
@@ -32,15 +33,13 @@ class Job:
 
 
 class Writer:
-    """Frames in, upscaled (whole, ``batch`` at a time and asynchronously: a batch is encoded while the
-    next one is computed; or tiled, one at a time), H.264 out; audio packets copied or re-encoded. Every
-    encode and write goes through :meth:`_send`: a failure there is :class:`WriteFailed`."""
+    """Upscaled frames (``(B, sH, sW, 3)`` network output, float or uint8) in, H.264 out; audio packets copied
+    or re-encoded. One thread calls it. Every encode and write goes through :meth:`_send`: a failure there
+    is :class:`WriteFailed`."""
 
     def __init__(self, job: Job, out, ov, oa, copy: bool):
         self.job, self.out, self.ov, self.oa, self.copy = job, out, ov, oa, copy
         self.t0 = time.perf_counter()
-        self.frames: list = []
-        self.pending = None
         self.done = self.bad_audio = self.muxed = self.video_packets = 0
 
     def _send(self, stream, item=None, packet=None) -> None:
@@ -62,12 +61,6 @@ class Writer:
         if self.video_packets and self.job.total:
             return written / self.video_packets * max(self.job.total, self.video_packets), True
         return written, False
-
-    def _upscaled(self, fn, *args):
-        try:
-            return fn(*args)
-        except (ValueError, RuntimeError) as e:  # e.g. XLA out of memory (computed asynchronously)
-            raise VideoError(f"{self.job.src}: upscaling a frame failed ({line(e)})") from None
 
     def audio(self, packet) -> None:
         av = self.job.av
@@ -92,35 +85,18 @@ class Writer:
         for af in frames:
             self._send(self.oa, af)
 
-    def add(self, pts: int, img: np.ndarray) -> None:
-        if self.job.tile:
-            from prfdn_jax.inference import upscale_array
-
-            j = self.job
-            sr = self._upscaled(upscale_array, j.apply, img, j.scale, j.tile, j.overlap)
-            self._encode([pts], sr[None])
-            return
-        self.frames.append((pts, img))
-        if len(self.frames) == self.job.batch:
-            self._submit()
-
-    def _submit(self) -> None:
-        frames, self.frames, batch = self.frames, [], self.job.batch
-        x = np.stack([img for _, img in frames]).astype(np.float32)
-        if len(frames) < batch:  # pad: the same shape, the same compiled program
-            x = np.concatenate([x, np.repeat(x[-1:], batch - len(frames), 0)])
-        y = self._upscaled(self.job.apply, x)[: len(frames)]  # asynchronous: encode the previous batch meanwhile
-        if self.pending is not None:
-            self._encode(*self.pending)
-        self.pending = ([pts for pts, _ in frames], y)
-
-    def _encode(self, pts_list, y) -> None:
+    def pixels(self, y) -> np.ndarray:
+        """The network output ``y`` as uint8, cropped to the output size (waits for an asynchronous ``y``)."""
         from prfdn_jax.inference import to_uint8
 
+        ow, oh = self.job.size
+        sr = y if isinstance(y, np.ndarray) and y.dtype == np.uint8 else upscaled(self.job.src, to_uint8, y)
+        return sr[:, :oh, :ow]
+
+    def video(self, pts_list: list[int], sr: np.ndarray) -> None:
+        """Encode the uint8 frames ``sr`` (:meth:`pixels`) at their timestamps; then report progress."""
         j = self.job
-        ow, oh = j.size
-        sr = y if isinstance(y, np.ndarray) and y.dtype == np.uint8 else self._upscaled(to_uint8, y)
-        for pts, img in zip(pts_list, sr[:, :oh, :ow]):
+        for pts, img in zip(pts_list, sr):
             f = j.av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
             if j.colour is not None:
                 f = f.reformat(format="yuv420p", **j.colour)
@@ -129,14 +105,6 @@ class Writer:
         self.done += len(pts_list)
         if j.progress is not None:
             j.progress(self.done, j.total, self.done / max(time.perf_counter() - self.t0, 1e-9))
-
-    def flush(self) -> None:
-        """Upscale and encode what is left (the last, padded batch and the pending one)."""
-        if self.frames:
-            self._submit()
-        if self.pending is not None:
-            self._encode(*self.pending)
-            self.pending = None
 
     def finish(self) -> None:
         """Flush the encoders and write the trailer."""
