@@ -16,9 +16,9 @@ import os
 import sys
 from pathlib import Path
 
-from prfdn_jax.commands.common import (EXIT_ERROR, CLIError, add_memory_budget, add_model_args, auto_tile,
-                                       budget_gb, check_model_args, check_writable, one_line, progress,
-                                       resolve_model)
+from prfdn_jax.commands.common import (EXIT_ERROR, CLIError, add_compile_cache, add_memory_budget, add_model_args,
+                                       auto_tile, budget_gb, check_model_args, check_writable, one_line,
+                                       parse_bucket, progress, resolve_model)
 from prfdn_jax.fileio import no_such
 
 HELP = "upscale images with a built-in or given model"
@@ -48,6 +48,11 @@ def add_arguments(u) -> None:
     u.add_argument("--background", type=parse_colour, default="white", metavar="COLOUR",
                    help="transparent images written where there is no alpha channel (.jpg, .bmp) are flattened "
                         "onto this colour: white (default), black, #RRGGBB or any CSS colour name")
+    u.add_argument("--bucket", type=parse_bucket, default="auto", metavar="auto|off|PX",
+                   help="several images: run them padded to a few shapes, one compile each (exact: the padding "
+                        "is masked). auto (default): shapes planned from the images' sizes; PX: sides rounded up "
+                        "to multiples of PX; off: one compile per image size")
+    add_compile_cache(u)
 
 
 def parse_colour(text: str) -> tuple[int, int, int]:
@@ -171,6 +176,8 @@ def run(args) -> int:
     targets = _plan_outputs(paths, had_dir, out, args.overwrite)
     model, label = resolve_model(args)
     apply = deploy(model, dtype=args.dtype)
+    apply, order = _bucketed(args, apply, model, paths, budget, overlap)
+    paths, targets = [paths[i] for i in order], [targets[i] for i in order]
     failed = 0
     for src, dst in progress(zip(paths, targets), len(paths), f"x{model.arch.scale} {label}"):
         try:
@@ -186,6 +193,33 @@ def run(args) -> int:
     if len(paths) > 1:
         print(f"upscaled {len(paths) - failed}/{len(paths)} images x{model.arch.scale} with {label} -> {out}")
     return EXIT_ERROR if failed else 0
+
+
+def _bucketed(args, deployed, model, paths: list[Path], budget: float, overlap: int):
+    """``(apply, order)``: the deployed program through the shape buckets of ``--bucket``
+    (:mod:`prfdn_jax.throughput`) and the images' order grouped by shape. Only images that run whole
+    are planned (tiled ones keep their tile shape); one image runs at its own size."""
+    from prfdn_jax import throughput
+    from prfdn_jax.inference import MIN_SIZE
+
+    if len(paths) < 2:
+        return deployed, list(range(len(paths)))
+    sizes = [throughput.image_size(p) for p in paths]
+    if args.bucket == "off":
+        return deployed, throughput.bucket_order(sizes, {})
+    lo, hi = MIN_SIZE, 8192  # the largest square side that runs whole within the budget
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        try:
+            whole = (mid <= args.tile) if args.tile else auto_tile(model, mid, mid, budget, overlap) == 0
+        except CLIError:
+            whole = False
+        lo, hi = (mid, hi) if whole else (lo, mid - 1)
+    planned = [s for s in sizes if s is not None and s[0] * s[1] <= lo * lo]
+    multiple = args.bucket if isinstance(args.bucket, int) else 0
+    plan = throughput.plan_buckets(planned, deployed.compile_px(), lo * lo, multiple)
+    return throughput.Bucketed(deployed, plan, model.arch.scale), throughput.bucket_order(sizes, plan)
+
 
 
 def tile_for(args, model, what: str, w: int, h: int, budget: float, overlap: int, alpha: bool = False) -> int:
