@@ -29,7 +29,7 @@ LAYERS = {
     5: ("prfdn_jax.registry", "prfdn_jax.reparam", "prfdn_jax.train"),
     6: ("prfdn_jax.deploy", "prfdn_jax.prune"),
     7: ("prfdn_jax.export", "prfdn_jax.pipeline"),
-    8: ("prfdn_jax.bench", "prfdn_jax.verify"),
+    8: ("prfdn_jax.bench", "prfdn_jax.bench_folder", "prfdn_jax.verify"),
     9: ("prfdn_jax.pareto",),
     10: ("prfdn_jax.commands",),
     11: ("prfdn_jax.cli",),

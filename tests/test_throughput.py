@@ -214,3 +214,45 @@ def test_help_imports_no_jax_and_upscale_no_heavy_extras(tmp_path):
     p = run("upscale", src, "-o", tmp_path / "out.png")
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout.strip().splitlines()[-1]) == ["jax"], p.stdout
+
+
+# ----------------------------------------------------------------------------- prfdn bench folder
+def test_bench_folder_makes_distinct_sizes_and_reports_ratios(tmp_path):
+    from prfdn_jax.bench_folder import format_folder, make_mixed
+
+    sizes = make_mixed(tmp_path / "m", count=5, sides=(15, 40), seed=1)
+    assert len(set(sizes)) == 5 and sizes == make_mixed(tmp_path / "n", count=5, sides=(15, 40), seed=1)
+    assert sorted(Image.open(p).size[::-1] for p in (tmp_path / "m").iterdir()) == sorted(sizes)
+    rows = [{"job": j, "run": r, "images": 5, "seconds": t, "peak_mb": 300.0, "images_per_s": 5 / t, "ratio": q}
+            for j, r, t, q in [("one size (30x30)", "first", 4.0, 1.0), ("one size (30x30)", "second", 3.0, 1.0),
+                               ("mixed, --bucket auto", "first", 8.0, 2.0), ("mixed, --bucket auto", "second", 6.0, 2.0)]]
+    text = format_folder({"rows": rows, "folder": "made", "images": 5, "distinct": 5, "pixels": 4500, "side": 30})
+    assert "| mixed, --bucket auto | second (warm) | 6.0 | 0.83 | 300 | 2.00 |" in text
+    assert "first run 2.00x (target <= 3x: met); second run 2.00x (target <= 1.5x: missed)" in text
+
+
+def test_bench_folder_bad_input_is_one_line(tmp_path, capsys):
+    from prfdn_jax.cli import main
+
+    for args, fragment in [(("bench", "folder", tmp_path / "nope"), "no such folder"),
+                           (("bench", "folder", "--buckets", "auto,huge"), "--buckets"),
+                           (("bench", "folder", "--size", "64"), "--size"),
+                           (("bench", "--model", "prfdn-x2", "--images", "3"), "--images")]:
+        rc = main([str(a) for a in args])
+        lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        assert rc == 1 and len(lines) == 1 and lines[0].startswith("prfdn: error: ") and fragment in lines[0], lines
+
+
+@pytest.mark.slow
+def test_bench_folder_end_to_end(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i, (h, w) in enumerate([(20, 26), (23, 19)]):
+        Image.fromarray(random_image(h, w, seed=i)[0].astype(np.uint8)).save(src / f"{i}.png")
+    p = run_prfdn("bench", "folder", src, "--buckets", "auto", "--json")
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    assert [(r["job"], r["run"]) for r in res["rows"]] == [("one size (22x22)", "first"), ("one size (22x22)", "second"),
+                                                          ("mixed, --bucket auto", "first"),
+                                                          ("mixed, --bucket auto", "second")]
+    assert all(r["seconds"] > 0 and r["peak_mb"] > 0 for r in res["rows"])
