@@ -6,6 +6,8 @@ or :data:`COUNT` images of distinct sizes :data:`SIDES` made with a fixed seed) 
 ``--bucket`` mode: first with an empty compile cache, then again with the cache the first run filled.
 The same-run baseline is a folder of as many images at one size holding the same pixels in all, also
 run twice. The ratio is each mixed run's time over the baseline's run of the same kind (first, second).
+The jobs run interleaved, so a machine's changing load reaches them alike; the CPU seconds of each process
+(user + system) are given too, steadier than wall time where other jobs share the machine.
 """
 
 from __future__ import annotations
@@ -78,17 +80,18 @@ def run_upscale(src: Path, out: Path, cache: Path, extra: list[str]) -> dict:
     p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode:
         raise RuntimeError(f"prfdn upscale {src} failed ({p.returncode}): {err.decode().strip()[-300:]}")
-    return {"seconds": seconds, "peak_mb": usage.ru_maxrss / 1024}
+    return {"seconds": seconds, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_mb": usage.ru_maxrss / 1024}
 
 
 def bench_folder(folder: Path | None, model_args: list[str], buckets=BUCKETS, work: Path | None = None,
-                 count: int = COUNT) -> dict:
-    """Rows of the folder benchmark (module doc); ``folder`` None: a mixed folder is made. Everything it
-    writes (made folders, outputs, compile caches) goes to ``work``, by default a temporary folder that is
-    removed at the end."""
+                 count: int = COUNT, rounds: int = 1) -> dict:
+    """Rows of the folder benchmark (module doc); ``folder`` None: a mixed folder is made. The jobs run
+    interleaved (every first run, then every second run) ``rounds`` times, each round with empty caches;
+    a row holds the median. Everything it writes (made folders, outputs, compile caches) goes to ``work``,
+    by default a temporary folder removed at the end."""
     if work is None:
         with tempfile.TemporaryDirectory(prefix="prfdn-bench-folder-") as tmp:
-            return bench_folder(folder, model_args, buckets, Path(tmp), count)
+            return bench_folder(folder, model_args, buckets, Path(tmp), count, rounds)
     from prfdn_jax.imaging import list_images
     from prfdn_jax.throughput import image_size
 
@@ -101,31 +104,41 @@ def bench_folder(folder: Path | None, model_args: list[str], buckets=BUCKETS, wo
         raise ValueError(f"{folder}: no readable images")
     side = int(round(np.sqrt(np.mean([h * w for h, w in sizes]))))
     make_one_size(work / "one", len(sizes), side)
-    rows = []
-    for label, src, extra in [(f"one size ({side}x{side})", work / "one", [])] + [
-            (f"mixed, --bucket {b}", folder, ["--bucket", b]) for b in buckets]:
-        cache = work / f"cache-{len(rows)}"
+    jobs = [(f"one size ({side}x{side})", work / "one", [])] + [
+        (f"mixed, --bucket {b}", folder, ["--bucket", b]) for b in buckets]
+    runs: dict = {}
+    for k in range(rounds):
         for run in ("first", "second"):
-            r = run_upscale(src, work / "out", cache, [*extra, *model_args])
-            rows.append({"job": label, "run": run, "images": len(sizes), **r})
-    base = {r["run"]: r["seconds"] for r in rows[:2]}
+            for i, (label, src, extra) in enumerate(jobs):
+                r = run_upscale(src, work / "out", work / f"cache-{k}-{i}", [*extra, *model_args])
+                runs.setdefault((label, run), []).append(r)
+    rows = [{"job": label, "run": run, "images": len(sizes),
+             "seconds": float(np.median([r["seconds"] for r in rs])),
+             "cpu_s": float(np.median([r["cpu_s"] for r in rs])),
+             "peak_mb": float(max(r["peak_mb"] for r in rs))} for (label, run), rs in runs.items()]
+    rows.sort(key=lambda r: ([j[0] for j in jobs].index(r["job"]), r["run"] != "first"))
+    base = {r["run"]: r for r in rows[:2]}
     for r in rows:
         r["images_per_s"] = r["images"] / r["seconds"]
-        r["ratio"] = r["seconds"] / base[r["run"]]
+        r["ratio"] = r["seconds"] / base[r["run"]]["seconds"]
+        r["cpu_ratio"] = r["cpu_s"] / base[r["run"]]["cpu_s"]
     made = folder == work / "mixed"
     return {"rows": rows, "folder": f"made (seed {SEED})" if made else str(folder), "images": len(sizes),
-            "distinct": len(set(sizes)), "pixels": int(sum(h * w for h, w in sizes)), "side": side}
+            "distinct": len(set(sizes)), "pixels": int(sum(h * w for h, w in sizes)), "side": side,
+            "rounds": rounds}
 
 
 def format_folder(res: dict) -> str:
     """The benchmark as a markdown table, with the targets of the default (``--bucket auto``)."""
     lines = [f"{res['images']} images ({res['distinct']} distinct sizes, {res['pixels'] / 1e6:.2f} Mpx), folder "
-             f"{res['folder']}; one-size baseline: as many images of {res['side']}x{res['side']} (same pixels)",
-             "", "| job | run (compile cache) | s | images/s | peak MB | vs one size |", "|---|---|---|---|---|---|"]
+             f"{res['folder']}; one-size baseline: as many images of {res['side']}x{res['side']} (same pixels); "
+             f"median of {res.get('rounds', 1)} round(s), peak: the largest",
+             "", "| job | run (compile cache) | s | images/s | peak MB | vs one size | CPU s | CPU vs one size |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         cache = "empty" if r["run"] == "first" else "warm"
         lines.append(f"| {r['job']} | {r['run']} ({cache}) | {r['seconds']:.1f} | {r['images_per_s']:.2f} | "
-                     f"{r['peak_mb']:.0f} | {r['ratio']:.2f} |")
+                     f"{r['peak_mb']:.0f} | {r['ratio']:.2f} | {r['cpu_s']:.1f} | {r['cpu_ratio']:.2f} |")
     auto = [r for r in res["rows"] if r["job"] == "mixed, --bucket auto"]
     if auto:
         verdict = [f"{r['run']} run {r['ratio']:.2f}x (target <= {TARGETS[r['run']]:g}x: "

@@ -223,11 +223,12 @@ def test_bench_folder_makes_distinct_sizes_and_reports_ratios(tmp_path):
     sizes = make_mixed(tmp_path / "m", count=5, sides=(15, 40), seed=1)
     assert len(set(sizes)) == 5 and sizes == make_mixed(tmp_path / "n", count=5, sides=(15, 40), seed=1)
     assert sorted(Image.open(p).size[::-1] for p in (tmp_path / "m").iterdir()) == sorted(sizes)
-    rows = [{"job": j, "run": r, "images": 5, "seconds": t, "peak_mb": 300.0, "images_per_s": 5 / t, "ratio": q}
+    rows = [{"job": j, "run": r, "images": 5, "seconds": t, "peak_mb": 300.0, "images_per_s": 5 / t, "ratio": q,
+             "cpu_s": 2 * t, "cpu_ratio": q}
             for j, r, t, q in [("one size (30x30)", "first", 4.0, 1.0), ("one size (30x30)", "second", 3.0, 1.0),
                                ("mixed, --bucket auto", "first", 8.0, 2.0), ("mixed, --bucket auto", "second", 6.0, 2.0)]]
     text = format_folder({"rows": rows, "folder": "made", "images": 5, "distinct": 5, "pixels": 4500, "side": 30})
-    assert "| mixed, --bucket auto | second (warm) | 6.0 | 0.83 | 300 | 2.00 |" in text
+    assert "| mixed, --bucket auto | second (warm) | 6.0 | 0.83 | 300 | 2.00 | 12.0 | 2.00 |" in text
     assert "first run 2.00x (target <= 3x: met); second run 2.00x (target <= 1.5x: missed)" in text
 
 

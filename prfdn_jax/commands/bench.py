@@ -47,6 +47,7 @@ def add_arguments(b) -> None:
     b.add_argument("--workers", type=int, default=0, help="data: grain worker processes (default 0)")
     b.add_argument("--buckets", metavar="B,B", help="folder: the --bucket modes to run (default off,auto,128)")
     b.add_argument("--images", type=int, help="folder: images in the made folder (default 60)")
+    b.add_argument("--rounds", type=int, help="folder: rounds of every run, each with empty caches; medians (default 1)")
 
 
 def run(args) -> int:
@@ -57,7 +58,7 @@ def run(args) -> int:
         return _bench_train(args)
     if args.what == "folder":
         return _bench_folder(args)
-    refuse_options(args, ("--buckets", "--images"), "of `prfdn bench folder` only")
+    refuse_options(args, ("--buckets", "--images", "--rounds"), "of `prfdn bench folder` only")
     if args.folder:
         raise CLIError(f"{args.folder}: a folder is given to `prfdn bench folder DIR` only")
     args.dtype = args.dtype or "float32"
@@ -166,7 +167,7 @@ def _bench_folder(args) -> int:
 
     refuse_options(args, ("--size", "--batch", "--backend", "--torch-modes", "--warmup", "--runs", "--baseline",
                           "--layout", "--nf", "--repeats", "--data", "--patch"), "not of `prfdn bench folder`")
-    check_positive(args, {"--images": 1})
+    check_positive(args, {"--images": 1, "--rounds": 1})
     check_model_args(args)
     if args.folder and not Path(args.folder).is_dir():
         raise CLIError(f"{args.folder}: no such folder")
@@ -181,7 +182,7 @@ def _bench_folder(args) -> int:
     model_args = [a for opt in ("model", "weights", "scale", "dtype") if getattr(args, opt)
                   for a in (f"--{opt}", str(getattr(args, opt)))]
     res = bench_folder(Path(args.folder) if args.folder else None, model_args, buckets,
-                       count=args.images or 60)
+                       count=args.images or 60, rounds=args.rounds or 1)
     print(format_folder(res))
     if args.json:
         print(json.dumps(res))

@@ -113,13 +113,20 @@ class Deployed:
         macs = sum(op.k * op.k * op.cin // op.groups * op.cout / op.stride ** 2 for op in convs)
         return per_kernel * kernels / (per_px + per_mac * macs)
 
+    def jit(self, padded: bool = False):
+        """A new jitted function of the program: ``f(x)``, or ``f(x, args)`` for a padded input (``args``:
+        :func:`~prfdn_jax.deploy.shapes.valid_args`). Its compiled programs live as long as it does."""
+        prog, dt, grouped = self._eval
+        if padded:
+            return jax.jit(lambda v, a: evaluate(prog, v, dt, grouped, a))
+        return jax.jit(lambda v: evaluate(prog, v, dt, grouped))
+
     def _compile(self, x, args=None):
         """The program compiled for ``x``'s shape (and a padded input's ``args``), by a jit of its own: the
         executable lives as long as the :class:`ShapeCache` keeps it."""
-        prog, dt, grouped = self._eval
         if args is None:
-            return jax.jit(lambda v: evaluate(prog, v, dt, grouped)).lower(x).compile()
-        return jax.jit(lambda v, a: evaluate(prog, v, dt, grouped, a)).lower(x, args).compile()
+            return self.jit().lower(x).compile()
+        return self.jit(padded=True).lower(x, args).compile()
 
     def lower_text(self, shape=(1, 64, 64, 3)) -> str:
         """The compiled program for an input shape, as text (to count kernels and transposes)."""
