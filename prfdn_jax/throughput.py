@@ -173,3 +173,30 @@ class Bucketed:
         x = np.pad(np.asarray(x, np.float32), ((0, 0), (0, hp - h), (0, wp - w), (0, 0)), )
         s = self.scale
         return np.asarray(self.apply(x, valid=(h, w)))[:, :h * s, :w * s]
+
+
+def largest_square(whole: Callable[[int, int], bool], low: int = 15, high: int = 8192) -> int:
+    """The largest side ``s`` in ``[low, high]`` with ``whole(s, s)`` (``low`` if none): ``whole`` is
+    monotone, e.g. whether an image runs whole within a memory budget."""
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if whole(mid, mid) else (low, mid - 1)
+    return low
+
+
+def for_images(deployed, paths: list, bucket, scale: int, whole: Callable[[int, int], bool]):
+    """``(apply, order)`` for upscaling the images of ``paths`` with ``deployed``: ``apply`` through the
+    shape buckets of ``bucket`` (``"auto"``: :func:`plan_buckets` from their sizes with
+    ``deployed.compile_px()``; an int: multiples of it; ``"off"``: none) and the images' order grouped
+    by shape. Only sizes that run whole (``whole(h, w)``) are planned, into shapes that run whole; one
+    image runs at its own size."""
+    if len(paths) < 2:
+        return deployed, list(range(len(paths)))
+    sizes = [image_size(p) for p in paths]
+    if bucket == "off":
+        return deployed, bucket_order(sizes, {})
+    side = largest_square(whole)
+    planned = [s for s in sizes if s is not None and whole(*s)]
+    multiple = bucket if isinstance(bucket, int) else 0
+    plan = plan_buckets(planned, deployed.compile_px(), side * side, multiple)
+    return Bucketed(deployed, plan, scale), bucket_order(sizes, plan)

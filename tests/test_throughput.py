@@ -100,6 +100,9 @@ def test_plan_merges_while_a_compile_costs_more_than_the_padding():
     assert throughput.plan_buckets(sizes * 2, compile_px=2000) == plan  # deterministic: same sizes, same plan
     order = throughput.bucket_order(sizes + [None], plan)
     assert order == [0, 1, 2, 3, 4, 5]
+    assert throughput.bucket_order([(1, 1), (2, 2), (1, 1), (3, 3)], {}) == [0, 2, 1, 3]  # off: equal sizes in a row
+    assert throughput.largest_square(lambda h, w: h * w <= 1000 * 900) == 948
+    assert throughput.largest_square(lambda h, w: False) == 15
 
 
 def test_bucketed_apply_equals_per_size(tiny):
@@ -129,20 +132,22 @@ def test_bucketed_routes_only_planned_sizes():
                      ((4, 64, 64, 3), None)]
 
 
-def test_upscale_folder_buckets_equal_off(tmp_path):
+def test_upscale_folder_buckets_equal_off(tmp_path, capsys):
+    from prfdn_jax.cli import main
+
     src = tmp_path / "in"
     src.mkdir()
     for i, (h, w) in enumerate([(20, 26), (23, 19), (17, 30)]):
         Image.fromarray(random_image(h, w, seed=i)[0].astype(np.uint8)).save(src / f"{i}.png")
     outs = {}
     for b in ("auto", "off"):
-        p = run_prfdn("upscale", src, "-o", tmp_path / b, "--bucket", b, "--no-compile-cache")
-        assert p.returncode == 0, p.stderr
+        assert main(["upscale", str(src), "-o", str(tmp_path / b), "--bucket", b, "--no-compile-cache"]) == 0
         outs[b] = [np.asarray(Image.open(tmp_path / b / f"{i}.png")) for i in range(3)]
     for x, y in zip(outs["auto"], outs["off"]):
         _same_uint8(x, y)
-    p = run_prfdn("upscale", src, "-o", tmp_path / "x", "--bucket", "big")
-    assert p.returncode == 2 and "--bucket" in p.stderr
+    capsys.readouterr()
+    assert main(["upscale", str(src), "-o", str(tmp_path / "x"), "--bucket", "big"]) == 2
+    assert "--bucket" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- persistent compile cache

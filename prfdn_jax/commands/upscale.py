@@ -196,30 +196,19 @@ def run(args) -> int:
 
 
 def _bucketed(args, deployed, model, paths: list[Path], budget: float, overlap: int):
-    """``(apply, order)``: the deployed program through the shape buckets of ``--bucket``
-    (:mod:`prfdn_jax.throughput`) and the images' order grouped by shape. Only images that run whole
-    are planned (tiled ones keep their tile shape); one image runs at its own size."""
-    from prfdn_jax import throughput
-    from prfdn_jax.inference import MIN_SIZE
+    """``(apply, order)`` of ``--bucket`` (:func:`prfdn_jax.throughput.for_images`): images that run whole
+    (within ``--tile``, else within the budget) are planned; tiled ones keep their tile shape."""
+    from prfdn_jax.throughput import for_images
 
-    if len(paths) < 2:
-        return deployed, list(range(len(paths)))
-    sizes = [throughput.image_size(p) for p in paths]
-    if args.bucket == "off":
-        return deployed, throughput.bucket_order(sizes, {})
-    lo, hi = MIN_SIZE, 8192  # the largest square side that runs whole within the budget
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
+    def whole(h: int, w: int) -> bool:
+        if args.tile:
+            return max(h, w) <= args.tile
         try:
-            whole = (mid <= args.tile) if args.tile else auto_tile(model, mid, mid, budget, overlap) == 0
+            return auto_tile(model, h, w, budget, overlap) == 0
         except CLIError:
-            whole = False
-        lo, hi = (mid, hi) if whole else (lo, mid - 1)
-    planned = [s for s in sizes if s is not None and s[0] * s[1] <= lo * lo]
-    multiple = args.bucket if isinstance(args.bucket, int) else 0
-    plan = throughput.plan_buckets(planned, deployed.compile_px(), lo * lo, multiple)
-    return throughput.Bucketed(deployed, plan, model.arch.scale), throughput.bucket_order(sizes, plan)
+            return False
 
+    return for_images(deployed, paths, args.bucket, model.arch.scale, whole)
 
 
 def tile_for(args, model, what: str, w: int, h: int, budget: float, overlap: int, alpha: bool = False) -> int:
