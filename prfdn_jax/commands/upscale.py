@@ -16,9 +16,9 @@ import os
 import sys
 from pathlib import Path
 
-from prfdn_jax.commands.common import (EXIT_ERROR, CLIError, add_compile_cache, add_memory_budget, add_model_args,
-                                       auto_tile, budget_gb, check_model_args, check_writable, one_line,
-                                       parse_bucket, progress, resolve_model)
+from prfdn_jax.commands.common import (EXIT_ERROR, CLIError, add_memory_budget, add_model_args, auto_tile,
+                                       budget_gb, check_model_args, check_writable, one_line, progress,
+                                       resolve_model)
 from prfdn_jax.fileio import no_such
 
 HELP = "upscale images with a built-in or given model"
@@ -48,6 +48,13 @@ def add_arguments(u) -> None:
     u.add_argument("--background", type=parse_colour, default="white", metavar="COLOUR",
                    help="transparent images written where there is no alpha channel (.jpg, .bmp) are flattened "
                         "onto this colour: white (default), black, #RRGGBB or any CSS colour name")
+    _add_throughput_args(u)
+
+
+def _add_throughput_args(u) -> None:
+    """``--bucket`` and ``--no-compile-cache`` (:mod:`prfdn_jax.throughput`)."""
+    from prfdn_jax.commands.common import add_compile_cache, parse_bucket
+
     u.add_argument("--bucket", type=parse_bucket, default="auto", metavar="auto|off|PX",
                    help="several images: run them padded to a few shapes, one compile each (exact: the padding "
                         "is masked). auto (default): shapes planned from the images' sizes; PX: sides rounded up "
