@@ -4,8 +4,8 @@
 in ``$PRFDN_CACHE_DIR``, else ``$XDG_CACHE_HOME/prfdn/jax``, else ``~/.cache/prfdn/jax``;
 ``PRFDN_CACHE_DIR=off`` (or empty) or ``--no-compile-cache`` turns it off (nothing is written). Every
 program is cached, however small or fast to compile; the folder is trimmed to :data:`CACHE_MAX_BYTES` at
-start-up, oldest files first. :func:`enable_compile_cache` is called by the CLI before a command that
-compiles (``upscale``, ``eval``) runs.
+start-up, oldest files first. :func:`enable_compile_cache` is called by the CLI before a command with a
+``--no-compile-cache`` option (``upscale``: images and video) runs.
 
 **Shape buckets.** A folder of many image sizes costs one compile per size. :func:`plan_buckets` groups
 the sizes into a few padded shapes (greedy merging while a merge saves more compile time than the
