@@ -13,7 +13,9 @@ module that chooses by backend reads :func:`choices` (nothing else looks at the 
 * ``bench_*``: warm-up and timed runs of ``prfdn bench`` (:mod:`prfdn_jax.bench`);
 * ``device_memory``: whether the network's buffers live in accelerator memory, which the automatic
   tiles then budget apart from host memory (:mod:`prfdn_jax.inference`);
-* ``xla_flags``: XLA flags the ``prfdn`` command sets (:func:`configure_xla_flags`).
+* ``xla_flags``: XLA flags the ``prfdn`` command sets (:func:`configure_xla_flags`);
+* ``compile_cost``: what a new input shape costs against computing pixels, for planning shape buckets
+  (:meth:`prfdn_jax.deploy.Deployed.compile_px`).
 
 Apply paths (all compute the same function, tests check it to 1e-5; they differ in speed). Wide paths,
 how one conv over N branch-major groups is computed:
@@ -33,8 +35,6 @@ from __future__ import annotations
 import dataclasses
 import os
 
-import jax
-
 __all__ = ["BRANCH_IMPLS", "CHOICES", "ENV_VAR", "WIDE_IMPLS", "XLA_FLAG_DEFAULTS", "BackendChoices", "Rewrites",
            "backend_name", "check_impl", "choices", "configure_xla_flags", "default_impl"]
 
@@ -48,7 +48,11 @@ _ALIASES = {"cpu": "cpu", "tpu": "tpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gp
 def backend_name(b: str | None = None) -> str:
     """``'cpu'``, ``'gpu'`` or ``'tpu'`` for a JAX backend or platform name (default: JAX's default
     backend); cuda, rocm, METAL and any other accelerator are ``'gpu'``."""
-    return _ALIASES.get((b or jax.default_backend()).lower(), "gpu")
+    if b is None:
+        import jax  # here, not at the top: `prfdn --help` needs no JAX
+
+        b = jax.default_backend()
+    return _ALIASES.get(b.lower(), "gpu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +91,9 @@ class BackendChoices:
     train_warmup: int          # `prfdn bench train`: warm-up steps, timed steps
     train_runs: int
     device_memory: bool        # the network's buffers live in accelerator memory
+    # (seconds per compiled conv kernel, seconds per pixel, seconds per multiply-accumulate): a new shape's
+    # compile against the pixels it could compute (Deployed.compile_px; the planner of shape buckets)
+    compile_cost: tuple[float, float, float]
     xla_flags: tuple[str, ...] = ()
 
 
@@ -105,6 +112,9 @@ CHOICES: dict[str, BackendChoices] = {
         video_batch=1,
         bench_warmup=2, bench_runs=5, train_warmup=2, train_runs=5,  # slow: a few runs
         device_memory=False,
+        # 2-core CPU, fp32 (BENCHMARKS.md "Throughput"): compile 0.47-1.33 s, i.e. 9-16 ms per conv kernel
+        # (grouped convs run as one per group); 1.3-14 us per pixel, about 0.4 us + 35 ps per MAC.
+        compile_cost=(0.012, 4e-7, 3.5e-11),
         # YNNPACK's convolution path made the deployed prfdn-x2 at 540x960 2x slower (1000 ms vs 543 ms;
         # BENCHMARKS.md): an empty fusion-type list keeps convolutions on XLA's own path.
         xla_flags=("--xla_cpu_experimental_ynn_fusion_type=",),
@@ -122,6 +132,9 @@ CHOICES: dict[str, BackendChoices] = {
         video_batch=4,
         bench_warmup=50, bench_runs=244, train_warmup=10, train_runs=50,  # GPU: the NTIRE protocol (many timed runs)
         device_memory=True,
+        # not measured: XLA GPU compiles more slowly and computes a pixel ~1000x faster, so a compile is
+        # worth far more pixels (bucket plans merge much more)
+        compile_cost=(0.03, 1e-10, 2e-13),
     ),
 }
 # TPU: not measured; the GPU's choices (large dense convs, bf16, few kernels).

@@ -109,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE if isinstance(e.code, str) else int(e.code or 0)
     formatter = warnings.formatwarning
     warnings.formatwarning = _format_warning
+    if hasattr(args, "no_compile_cache"):  # a command that compiles for its inputs: keep programs across runs
+        from prfdn_jax.throughput import enable_compile_cache
+
+        enable_compile_cache(off=args.no_compile_cache)
     main_thread = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:

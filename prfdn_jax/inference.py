@@ -1,8 +1,9 @@
 """Running a network on images: jitted apply, uint8 in and out, optional overlapping tiles.
 
 The networks see float pixels in [0, 255] and the output is clamped and rounded to uint8, as the
-released models and the benchmark do. One compile per input shape (ESA pools over the whole image,
-so padding to a bucket would change every output pixel).
+released models and the benchmark do. One compile per input shape; ESA pools over the whole image, so a
+plainly padded image would change every output pixel: shape buckets (:mod:`prfdn_jax.throughput`) run
+the deployed program with its padding masked, which gives the image's own output.
 """
 
 from __future__ import annotations

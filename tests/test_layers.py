@@ -20,7 +20,7 @@ MAX_FUNCTION_LINES = 80  # argparse tables (add_arguments) excepted
 # layer table is this map in words. A new module gets a row here.
 LAYERS = {
     0: ("prfdn_jax", "prfdn_jax.spec", "prfdn_jax.backends", "prfdn_jax.extras", "prfdn_jax.fileio",
-        "prfdn_jax.metrics", "prfdn_jax.progress", "prfdn_jax.resize"),
+        "prfdn_jax.metrics", "prfdn_jax.progress", "prfdn_jax.resize", "prfdn_jax.throughput"),
     1: ("prfdn_jax.blocks", "prfdn_jax.imaging", "prfdn_jax.state_dict"),
     2: ("prfdn_jax.networks", "prfdn_jax.data", "prfdn_jax.folder_jobs"),
     3: ("prfdn_jax.config", "prfdn_jax.inference", "prfdn_jax.macs", "prfdn_jax.prepare", "prfdn_jax.workdir"),
@@ -29,7 +29,7 @@ LAYERS = {
     5: ("prfdn_jax.registry", "prfdn_jax.reparam", "prfdn_jax.train"),
     6: ("prfdn_jax.deploy", "prfdn_jax.prune"),
     7: ("prfdn_jax.export", "prfdn_jax.pipeline"),
-    8: ("prfdn_jax.bench", "prfdn_jax.verify"),
+    8: ("prfdn_jax.bench", "prfdn_jax.bench_folder", "prfdn_jax.verify"),
     9: ("prfdn_jax.pareto",),
     10: ("prfdn_jax.commands",),
     11: ("prfdn_jax.cli",),

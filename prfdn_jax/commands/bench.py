@@ -1,6 +1,7 @@
 """``prfdn bench``: benchmark tables. Without a sub-bench: inference, JAX (deployed) vs every PyTorch mode
 on the same weights; ``paths``: the wide apply paths of a branch network; ``data``: training-input
-throughput; ``train``: one training step, JAX (each path x dtype) vs PyTorch (each mode)."""
+throughput; ``train``: one training step, JAX (each path x dtype) vs PyTorch (each mode); ``folder``: a
+folder of mixed image sizes through ``prfdn upscale`` processes, against one size (:mod:`prfdn_jax.bench_folder`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from prfdn_jax.extras import require_torch
 from prfdn_jax.spec import LAYOUTS
 
 HELP = "benchmark tables: JAX vs every PyTorch mode on the same weights, or the apply paths (`prfdn bench paths`)"
-BENCHES = ("paths", "data", "train")
+BENCHES = ("paths", "data", "train", "folder")
 BACKENDS = ("jax", "torch", "both")
 
 
@@ -22,7 +23,10 @@ def add_arguments(b) -> None:
 
     b.add_argument("what", nargs="?", choices=BENCHES,
                    help="paths: the wide apply paths of a branch network; data: training-input throughput; "
-                        "train: one training step, JAX (each path x dtype) vs PyTorch (each mode)")
+                        "train: one training step, JAX (each path x dtype) vs PyTorch (each mode); folder: "
+                        "prfdn upscale on a folder of mixed sizes (first and second run) against one size")
+    b.add_argument("folder", nargs="?", metavar="DIR",
+                   help="folder: the images to upscale (default: 60 images of distinct sizes 100-400 px, made)")
     add_model_args(b)
     b.add_argument("--size", metavar="HxW", help="input size (default 540x960; paths: one number, default 128)")
     b.add_argument("--batch", type=int, help="images per call (default 1; train: 16; data: 16)")
@@ -41,6 +45,9 @@ def add_arguments(b) -> None:
     b.add_argument("--patch", type=int, help="data/train: HR patch side (default 128 / 64)")
     b.add_argument("--seconds", type=float, default=10.0, help="data: seconds to measure each source (default 10)")
     b.add_argument("--workers", type=int, default=0, help="data: grain worker processes (default 0)")
+    b.add_argument("--buckets", metavar="B,B", help="folder: the --bucket modes to run (default off,auto,128)")
+    b.add_argument("--images", type=int, help="folder: images in the made folder (default 60)")
+    b.add_argument("--rounds", type=int, help="folder: rounds of every run, each with empty caches; medians (default 1)")
 
 
 def run(args) -> int:
@@ -49,6 +56,11 @@ def run(args) -> int:
         return _bench_data(args)
     if args.what == "train":
         return _bench_train(args)
+    if args.what == "folder":
+        return _bench_folder(args)
+    refuse_options(args, ("--buckets", "--images", "--rounds"), "of `prfdn bench folder` only")
+    if args.folder:
+        raise CLIError(f"{args.folder}: a folder is given to `prfdn bench folder DIR` only")
     args.dtype = args.dtype or "float32"
     args.batch = args.batch or 1
     return _bench_inference(args)
@@ -143,4 +155,35 @@ def _bench_train(args) -> int:
         keys = ("jax_ms", "torch_ms", "torch_mode", "ratio", "device", "jax_impl", "jax_dtype", "layout", "form",
                 "nf", "params", "scale", "batch", "patch")
         print(json.dumps({k: res.get(k) for k in keys}))
+    return 0
+
+
+def _bench_folder(args) -> int:
+    """``prfdn bench folder [DIR]``: mixed sizes through ``prfdn upscale`` processes, first and second run."""
+    from pathlib import Path
+
+    from prfdn_jax.bench_folder import BUCKETS, bench_folder, format_folder
+    from prfdn_jax.commands.common import parse_bucket
+
+    refuse_options(args, ("--size", "--batch", "--backend", "--torch-modes", "--warmup", "--runs", "--baseline",
+                          "--layout", "--nf", "--repeats", "--data", "--patch"), "not of `prfdn bench folder`")
+    check_positive(args, {"--images": 1, "--rounds": 1})
+    check_model_args(args)
+    if args.folder and not Path(args.folder).is_dir():
+        raise CLIError(f"{args.folder}: no such folder")
+    if args.folder and args.images:
+        raise CLIError("--images: the number of images of the made folder; not with a folder DIR")
+    buckets = [b.strip() for b in (args.buckets or ",".join(BUCKETS)).split(",") if b.strip()]
+    for b in buckets:
+        try:
+            parse_bucket(b)
+        except Exception:  # noqa: BLE001 - argparse's error type: one line here
+            raise CLIError(f"--buckets: {b!r} is not auto, off or a number of pixels") from None
+    model_args = [a for opt in ("model", "weights", "scale", "dtype") if getattr(args, opt)
+                  for a in (f"--{opt}", str(getattr(args, opt)))]
+    res = bench_folder(Path(args.folder) if args.folder else None, model_args, buckets,
+                       count=args.images or 60, rounds=args.rounds or 1)
+    print(format_folder(res))
+    if args.json:
+        print(json.dumps(res))
     return 0

@@ -76,6 +76,29 @@ def add_memory_budget(p) -> None:
                         "the available memory, at most 2 GB)")
 
 
+def add_compile_cache(p) -> None:
+    """``--no-compile-cache``; its presence makes :mod:`prfdn_jax.cli` turn the persistent cache on."""
+    p.add_argument("--no-compile-cache", action="store_true",
+                   help="do not keep compiled programs across runs (default: kept in $PRFDN_CACHE_DIR, else "
+                        "~/.cache/prfdn/jax, at most 1 GB; PRFDN_CACHE_DIR=off also turns it off)")
+
+
+def parse_bucket(text: str) -> int | str:
+    """``--bucket``: ``auto``, ``off`` (0) or a multiple in pixels; argparse reports a bad one (exit 2)."""
+    import argparse
+
+    t = text.strip().lower()
+    if t in ("auto", "off"):
+        return t
+    try:
+        px = int(t)
+    except ValueError:
+        px = -1
+    if px < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected auto, off or a number of pixels")
+    return px or "off"
+
+
 def check_model_args(args) -> None:
     """A ``--model`` name must be a built-in one (checked before any file is read)."""
     from prfdn_jax import registry

@@ -65,6 +65,18 @@ def add_arguments(u) -> None:
                         "x4 model; default: the model's scale, no resize)")
     u.add_argument("--skip-existing", action="store_true",
                    help="resume a folder job: an output already there (a complete image) is skipped and counted")
+    _add_throughput_args(u)
+
+
+def _add_throughput_args(u) -> None:
+    """``--bucket`` and ``--no-compile-cache`` (:mod:`prfdn_jax.throughput`)."""
+    from prfdn_jax.commands.common import add_compile_cache, parse_bucket
+
+    u.add_argument("--bucket", type=parse_bucket, default="auto", metavar="auto|off|PX",
+                   help="several images: run them padded to a few shapes, one compile each (exact: the padding "
+                        "is masked). auto (default): shapes planned from the images' sizes; PX: sides rounded up "
+                        "to multiples of PX; off: one compile per image size")
+    add_compile_cache(u)
 
 
 def parse_colour(text: str) -> tuple[int, int, int]:
@@ -225,6 +237,8 @@ def run(args) -> int:
         return 0
     model, label = resolve_model(args)
     apply = deploy(model, dtype=args.dtype)
+    apply, order = _bucketed(args, apply, model, [src for src, _ in todo], budget, overlap)
+    todo = [todo[i] for i in order]
     failed = 0
     for src, dst in progress(todo, len(todo), f"x{model.arch.scale} {label}", unit="img", final=True):
         try:
@@ -252,6 +266,22 @@ def _still_to_do(pairs: list, skip_existing: bool) -> tuple[list, int]:
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     return todo, skipped
+
+
+def _bucketed(args, deployed, model, paths: list[Path], budget: float, overlap: int):
+    """``(apply, order)`` of ``--bucket`` (:func:`prfdn_jax.throughput.for_images`): images that run whole
+    (within ``--tile``, else within the budget) are planned; tiled ones keep their tile shape."""
+    from prfdn_jax.throughput import for_images
+
+    def whole(h: int, w: int) -> bool:
+        if args.tile:
+            return max(h, w) <= args.tile
+        try:
+            return auto_tile(model, h, w, budget, overlap) == 0
+        except CLIError:
+            return False
+
+    return for_images(deployed, paths, args.bucket, model.arch.scale, whole)
 
 
 def tile_for(args, model, what: str, w: int, h: int, budget: float, overlap: int, alpha: bool = False) -> int:
