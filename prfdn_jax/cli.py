@@ -44,7 +44,11 @@ class Terminated(KeyboardInterrupt):
 
 
 def _terminate(signum, frame):
-    raise Terminated()
+    from prfdn_jax.fileio import record_stop
+
+    exc = Terminated()
+    record_stop(exc)  # raised in a gc callback, Python would ignore it: atomic_write and _run check the record
+    raise exc
 
 
 def command_module(name: str):
@@ -124,9 +128,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
+    from prfdn_jax.fileio import check_stop, record_stop
+
     try:
-        return args.func(args)
+        code = args.func(args)
+        check_stop()  # a SIGTERM whose exception was swallowed still ends the run as terminated
+        return code
     except KeyboardInterrupt as e:
+        record_stop(None)
         resume = "; resume with the same --workdir" if args.cmd in ("train", "pipeline") else ""
         what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
         print(f"prfdn: {what}{resume}", file=sys.stderr)

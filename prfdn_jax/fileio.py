@@ -14,7 +14,23 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_write", "default_mode", "no_such"]
+__all__ = ["atomic_write", "check_stop", "default_mode", "no_such", "record_stop"]
+
+# A stop signal's exception (SIGTERM's ``Terminated``) raised by a signal handler. Python ignores an
+# exception raised while a gc callback or a ``__del__`` runs in the main thread (JAX's gc callback, seen),
+# so the handler records it here too: no output is committed after it, and the CLI exits as stopped.
+_STOP: list[BaseException] = []
+
+
+def record_stop(exc: BaseException | None) -> None:
+    """Record the stop exception a signal handler raises (``None``: clear the record once it is handled)."""
+    _STOP[:] = [] if exc is None else [exc]
+
+
+def check_stop() -> None:
+    """Raise the recorded stop exception again, if a signal handler raised one (it may have been swallowed)."""
+    if _STOP:
+        raise _STOP[0]
 
 
 def default_mode() -> int:
@@ -71,6 +87,7 @@ def atomic_write(path: str | os.PathLike, *, mode: int | None = None, suffix: st
     tmp = Path(name)
     try:
         yield tmp
+        check_stop()  # never commit an output after a stop signal, even one whose exception was swallowed
         _fsync(tmp)
         os.chmod(tmp, default_mode() if mode is None else mode)
         os.replace(tmp, path)

@@ -50,3 +50,46 @@ def test_an_os_error_names_the_output_not_the_temp_file(tmp_path):
             raise OSError(28, "No space left on device", str(tmp))
     assert ei.value.filename == str(dst) and ei.value.errno == 28
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_swallowed_stop_signal_still_blocks_the_commit(tmp_path):
+    """Python ignores an exception a signal handler raises inside a gc callback (JAX's): the recorded
+    stop is raised again before any output is committed."""
+    from prfdn_jax import fileio
+    from prfdn_jax.cli import Terminated
+
+    fileio.record_stop(Terminated())
+    try:
+        with pytest.raises(Terminated):
+            with atomic_write(tmp_path / "out.bin") as tmp:
+                tmp.write_bytes(b"x")
+        assert os.listdir(tmp_path) == []
+    finally:
+        fileio.record_stop(None)
+    fileio.check_stop()  # cleared: nothing raised
+
+
+SWALLOWED_SIGTERM = """
+import prfdn_jax.cli as cli, prfdn_jax.commands.upscale as up
+_orig = up._upscale_image
+def _upscale_image(*a, **k):
+    try:
+        cli._terminate(15, None)
+    except BaseException:
+        pass  # what Python does with an exception raised inside a gc callback
+    return _orig(*a, **k)
+up._upscale_image = _upscale_image
+"""
+
+
+def test_upscale_after_a_swallowed_sigterm_exits_143_without_output(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from helpers import run_prfdn
+
+    Image.fromarray(np.full((16, 16, 3), 128, np.uint8)).save(tmp_path / "in.png")
+    p = run_prfdn("upscale", tmp_path / "in.png", "-o", tmp_path / "out.png", pre=SWALLOWED_SIGTERM)
+    assert p.returncode == 143, p.stderr
+    assert [ln for ln in p.stderr.splitlines() if ln.strip()] == ["prfdn: terminated (SIGTERM)"]
+    assert sorted(os.listdir(tmp_path)) == ["in.png"]

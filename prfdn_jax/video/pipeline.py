@@ -26,6 +26,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from prfdn_jax.fileio import check_stop
 from prfdn_jax.video.common import upscaled
 from prfdn_jax.video.decode import Decoded
 from prfdn_jax.video.writer import Job, Writer
@@ -183,6 +184,7 @@ class Pipeline:
         net = Network(self.job, lambda pts_list, y: self.encode.put(("video", pts_list, y)), self._slot)
         try:
             while (item := self._get(self.frames)) is not _END:
+                check_stop()  # a SIGTERM whose exception Python swallowed (raised inside a gc callback)
                 if item[0] == "audio":
                     self.encode.put(item)
                 else:
