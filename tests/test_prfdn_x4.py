@@ -9,6 +9,7 @@ from helpers import error_lines, frames_of, make_video, run_prfdn
 from prfdn_jax import registry
 from prfdn_jax.deploy import deploy
 from prfdn_jax.inference import upscale_array
+from prfdn_jax.metrics import psnr as _psnr
 
 
 @pytest.fixture(scope="module")
@@ -21,11 +22,6 @@ def _smooth(h: int, w: int) -> np.ndarray:
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
     img = np.stack([128 + 100 * np.sin(x / 7 + c) * np.cos(y / 9 - c) for c in range(3)], -1)
     return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def _psnr(a, b) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
 
 
 def test_scale_4_upscales_with_prfdn_x4(tmp_path, x4):
