@@ -30,6 +30,7 @@ from typing import Any
 from prfdn_jax.fileio import no_such
 
 SCHEDULES = ("constant", "cosine", "multistep")
+LOSSES = ("l1", "l2")  # pixel loss: mean |SR - HR| (RFDN, PRFDN) or mean (SR - HR)^2 (a final PSNR finetune)
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")  # auto: bfloat16 on GPU/TPU, float32 on CPU
 STAGES = ("rfdn", "branch", "reparam", "prune")
 IMPORTANCES = ("magnitude", "l1", "l2", "taylor", "random")  # prune_importance (Torch-Pruning's rankings)
@@ -71,6 +72,7 @@ class TrainConfig:
     b1: float = 0.9
     b2: float = 0.999
     clip_norm: float = 0.0           # global-norm gradient clipping (0: off)
+    loss: str = "l1"                 # 'l1' | 'l2' (see LOSSES)
     loss_norm: float = 255.0
     compute_dtype: str = "auto"      # forward/backward dtype: 'auto' | 'float32' | 'bfloat16' (params stay fp32)
     ema_decay: float = 0.0           # EMA of the parameters (e.g. 0.999; 0: off): validated, saved, returned
@@ -282,6 +284,8 @@ def check_config(c: TrainConfig) -> None:
         raise ConfigError(f"steps must be >= 0, got {c.steps}")
     if c.schedule not in SCHEDULES:
         raise ConfigError(f"unknown schedule {c.schedule!r}; expected one of {SCHEDULES}")
+    if c.loss not in LOSSES:
+        raise ConfigError(f"unknown loss {c.loss!r}; expected one of {LOSSES}")
     if not (math.isfinite(c.lr) and c.lr >= 0):
         raise ConfigError(f"bad learning rate {c.lr}")
     if c.compute_dtype not in COMPUTE_DTYPES:

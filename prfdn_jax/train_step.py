@@ -7,7 +7,7 @@ time the same program.
 
 * Mixed precision (``compute_dtype``): parameters, gradients, Adam state and the EMA stay float32; the
   forward/backward runs on parameters and inputs cast to the compute dtype inside the loss, and the
-  network output is cast back to float32 before the L1 (so the loss and its reduction are float32).
+  network output is cast back to float32 before the loss (so the loss and its reduction are float32).
   ``auto`` is bfloat16 on an accelerator (GPU, TPU) and float32 on CPU (XLA CPU has no fast bf16 convs).
 * EMA (``ema_decay`` d > 0): after every optimizer step ``ema = d * ema + (1 - d) * params`` (BasicSR's
   ``net_g_ema`` / ``params_ema``), starting from the parameters the run starts with. It averages over
@@ -118,21 +118,21 @@ def cached_train_step(config: TrainConfig, graphdef, rest, repl, batch_sharding)
     The compute dtype is ``resolve_dtype(config.compute_dtype)``; the apply path is ``graphdef``'s.
     """
     dtype = resolve_dtype(config.compute_dtype)
-    key = ("step", graphdef, jax.tree.structure(rest), config.loss_norm, _opt_key(config), dtype,
+    key = ("step", graphdef, jax.tree.structure(rest), config.loss, config.loss_norm, _opt_key(config), dtype,
            float(config.ema_decay), repl, batch_sharding)
     if key in _JIT_CACHE:
         _JIT_CACHE.move_to_end(key)
         return _JIT_CACHE[key]
     tx, _ = make_optimizer(config)
     fn = _JIT_CACHE[key] = make_train_step(graphdef, rest, tx, config.loss_norm, repl, batch_sharding,
-                                           dtype=dtype, ema_decay=config.ema_decay)
+                                           dtype=dtype, ema_decay=config.ema_decay, loss=config.loss)
     while len(_JIT_CACHE) > JIT_CACHE_SIZE:
         _JIT_CACHE.popitem(last=False)
     return fn
 
 
 def make_train_step(graphdef, rest, tx, loss_norm: float, repl, batch_sharding, *, dtype: str = "float32",
-                    ema_decay: float = 0.0):
+                    ema_decay: float = 0.0, loss: str = "l1"):
     """``step(state, batch) -> (state, {'loss', 'ok'})``, jitted, on a :class:`TrainState`.
 
     batch: ``{'lr', 'hr'}`` uint8 ``(B, h, w, 3)`` sharded by ``batch_sharding``; the state replicated
@@ -147,6 +147,8 @@ def make_train_step(graphdef, rest, tx, loss_norm: float, repl, batch_sharding, 
         if cd != jnp.float32:
             params = jax.tree.map(lambda p: p.astype(cd), params)
         out = nnx.merge(graphdef, params, rest)(x)
+        if loss == "l2":  # in (1/loss_norm) units, like the L1
+            return jnp.mean(jnp.square((out.astype(jnp.float32) - y) / loss_norm))
         return jnp.mean(jnp.abs(out.astype(jnp.float32) - y)) / loss_norm
 
     def step(state: TrainState, batch):

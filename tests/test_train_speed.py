@@ -153,7 +153,7 @@ def test_bf16_matches_fp32_and_keeps_fp32_state(runs, cfg, tmp_path):
 
 def test_bad_settings_are_config_errors(cfg, tmp_path):
     for change, msg in (({"compute_dtype": "float16"}, "unknown compute_dtype"), ({"ema_decay": 1.0}, "ema_decay"),
-                        ({"impl": "fast"}, "unknown apply path")):
+                        ({"impl": "fast"}, "unknown apply path"), ({"loss": "l3"}, "unknown loss")):
         with pytest.raises(ConfigError, match=msg):
             train.train(cfg.replace(**change), tmp_path / "w", verbose=False)
 

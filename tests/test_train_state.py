@@ -61,6 +61,23 @@ def test_train_state_is_a_frozen_pytree_and_a_step_advances_it(cfg):
         np.testing.assert_allclose(e, 0.9 * np.asarray(p0) + 0.1 * np.asarray(p1), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("loss", ["l1", "l2"])
+def test_the_step_loss_is_the_configured_pixel_loss(loss):
+    """``loss='l1'``: mean |SR - HR| / 255; ``'l2'``: mean ((SR - HR) / 255)^2, of the network before the step."""
+    repl, shard = _mesh()
+    model = train.random_init(default_arch("rfdn", nf=4, scale=2, n_blocks=1))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    tx, _ = train_step.make_optimizer(load_config(SMOKE))
+    step = train_step.make_train_step(graphdef, rest, tx, 255.0, repl, shard, loss=loss)
+    rng = np.random.default_rng(1)
+    lr, hr = rng.integers(0, 256, (2, 24, 24, 3), dtype=np.uint8), rng.integers(0, 256, (2, 48, 48, 3), dtype=np.uint8)
+    _, metrics = step(train_step.init_state(params, tx, repl), {"lr": jax.device_put(lr, shard),
+                                                                 "hr": jax.device_put(hr, shard)})
+    err = (np.asarray(model(jnp.asarray(lr, jnp.float32)), np.float64) - hr) / 255.0
+    want = np.mean(np.abs(err)) if loss == "l1" else np.mean(err ** 2)
+    np.testing.assert_allclose(float(metrics["loss"]), want, rtol=1e-5)
+
+
 def test_train_step_cache_keeps_the_most_recently_used(cfg, monkeypatch):
     monkeypatch.setattr(train_step, "_JIT_CACHE", OrderedDict())  # this process's compiled steps stay
     repl, shard = _mesh()
