@@ -15,6 +15,14 @@ session, or a GPU, raises it and goes on. ``--cpu-smoke`` is a tiny profile for 
     python experiments/prfdn_x4.py                                 # CPU: prepare, prune, then finetune
     python experiments/prfdn_x4.py --steps 200000 --set batch=64   # go on (e.g. on a GPU)
     python experiments/prfdn_x4.py --ship     # the finetune's EMA -> prfdn_jax/weights/prfdn_x4.safetensors
+
+A second stage is a finetune in another run folder that starts from given weights (``--start``: no pruning)
+with other settings; prfdn-x4's is a cosine finetune on 256-pixel patches (ESA pools over the patch: on
+128-pixel patches, 32 LR pixels, its 7x7 max-pool sees a 3x3 map; on whole images far more):
+
+    python experiments/prfdn_x4.py --run experiments/runs/prfdn_x4_p256 --work runs/prfdn_x4_work \
+        --start STAGE1_EMA.safetensors --steps 12000 \
+        --set patch=256 batch=8 lr=1e-4 schedule=cosine val_every=1000 seed=101
 """
 
 from __future__ import annotations
@@ -103,7 +111,8 @@ def prune_stage(shared: Path, run: Path, work: Path, prepared: Path, p: dict) ->
           f"{SIZE[0]}x{SIZE[1]}, Set5 {h['psnr']:.2f} dB", flush=True)
 
 
-def finetune_stage(shared: Path, run: Path, prepared: Path, p: dict, overrides: list[str]) -> dict:
+def finetune_stage(shared: Path, run: Path, prepared: Path, p: dict, overrides: list[str],
+                   start: Path | None = None) -> dict:
     from prfdn_jax import train
     from prfdn_jax.checkpoint import load_model_file
     from prfdn_jax.config import TrainConfig, override
@@ -116,7 +125,7 @@ def finetune_stage(shared: Path, run: Path, prepared: Path, p: dict, overrides: 
     if overrides:
         cfg = override(cfg, overrides)
     with train.stop_on_signals():  # SIGINT / SIGTERM: checkpoint the last step, then TrainingStopped
-        return train.train(cfg, run / "finetune", model=load_model_file(run / "pruned.safetensors"))
+        return train.train(cfg, run / "finetune", model=load_model_file(start or run / "pruned.safetensors"))
 
 
 EVAL_SETS = ("Set5", "Set14", "Urban100")
@@ -164,7 +173,8 @@ def ship(shared: Path, run: Path, dst: Path = SHIPPED) -> dict:
     save_model(dst, model, source=f"made by prfdn-jax (experiments/prfdn_x4.py) from {WEIGHTS[1]}",
                source_sha256=sha, finetune_step=str(step), psnr_y=json.dumps(psnr))
     (run / "results.json").write_text(json.dumps(res, indent=1) + "\n")
-    pareto_png(run)
+    if (run / "pareto.csv").is_file():  # the pruning run's (a second stage has none)
+        pareto_png(run)
     print(f"[prfdn_x4] wrote {dst}: step {step}, {s['params']:,} params, {s['gmac']:.2f} GMAC at 540x960", flush=True)
     return res
 
@@ -178,6 +188,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cpu-smoke", action="store_true")
     ap.add_argument("--ship", action="store_true", help="write the finetune's EMA as the built-in prfdn-x4 and stop")
     ap.add_argument("--set", nargs="*", default=[], metavar="K=V", help="finetune config overrides")
+    ap.add_argument("--start", default=None, help="a second stage: finetune from these weights (copied into the "
+                                                  "run as start.safetensors; no pruning)")
     a = ap.parse_args(argv)
     p = dict(PROFILES["cpu_smoke" if a.cpu_smoke else "cpu"], smoke=a.cpu_smoke)
     if a.steps is not None:
@@ -193,12 +205,19 @@ def main(argv=None) -> int:
     run.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     prepared = prepared_data(shared, work, smoke=a.cpu_smoke)
-    if not (run / "pruned.safetensors").is_file():
-        prune_stage(shared, run, work, prepared, p)
+    start = run / "start.safetensors"
+    if a.start and not start.is_file():
+        import shutil
+
+        shutil.copyfile(a.start, start)
+    if not start.is_file():
+        start = None
+        if not (run / "pruned.safetensors").is_file():
+            prune_stage(shared, run, work, prepared, p)
     from prfdn_jax.train import TrainingStopped
 
     try:
-        s = finetune_stage(shared, run, prepared, p, a.set)
+        s = finetune_stage(shared, run, prepared, p, a.set, start)
     except TrainingStopped as e:
         print(f"[prfdn_x4] {e}; the same command resumes", flush=True)
         return 128 + e.signum
