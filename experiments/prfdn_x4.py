@@ -170,8 +170,12 @@ def ship(shared: Path, run: Path, dst: Path = SHIPPED) -> dict:
         wall, prev = (wall + prev if t < prev else wall), t
     res = {"step": step, "params": s["params"], "gmac_540x960": round(s["gmac"], 3), "psnr_y": psnr,
            "finetune_wall_s": round(wall + prev, 1), "source_sha256": sha}
+    stage = {}
+    if (run / "start.safetensors").is_file():  # a second stage: name the weights it started from
+        digest = hashlib.sha256((run / "start.safetensors").read_bytes()).hexdigest()
+        res["start_sha256"] = stage["start_sha256"] = digest
     save_model(dst, model, source=f"made by prfdn-jax (experiments/prfdn_x4.py) from {WEIGHTS[1]}",
-               source_sha256=sha, finetune_step=str(step), psnr_y=json.dumps(psnr))
+               source_sha256=sha, finetune_step=str(step), psnr_y=json.dumps(psnr), **stage)
     (run / "results.json").write_text(json.dumps(res, indent=1) + "\n")
     if (run / "pareto.csv").is_file():  # the pruning run's (a second stage has none)
         pareto_png(run)
