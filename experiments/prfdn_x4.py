@@ -21,7 +21,7 @@ with other settings; prfdn-x4's is a cosine finetune on 256-pixel patches (ESA p
 128-pixel patches, 32 LR pixels, its 7x7 max-pool sees a 3x3 map; on whole images far more):
 
     python experiments/prfdn_x4.py --run experiments/runs/prfdn_x4_p256 --work runs/prfdn_x4_work \
-        --start STAGE1_EMA.safetensors --steps 12000 \
+        --start STAGE1_EMA.safetensors --steps 10000 \
         --set patch=256 batch=8 lr=1e-4 schedule=cosine val_every=1000 seed=101
 """
 
