@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # One lent-GPU call, prepared here and checked on the CPU first (PRFDN_SMOKE=1):
 #   1. versions, then experiments/gpu_inference.py unchanged (the deploy compiler on the GPU) -> OUT/gpu/;
-#   2. the prfdn-x4 finetune (experiments/runs/prfdn_x4/finetune) continued on the GPU until the deadline,
-#      paused with SIGINT (it checkpoints), and the workdir brought back as OUT/prfdn_x4_finetune.tar.
+#   2. the prfdn-x4 finetune's latest stage (experiments/runs/prfdn_x4_p256/finetune: 256-pixel patches, cosine
+#      lr) continued on the GPU until the deadline, paused with SIGINT (it checkpoints), and the workdir brought
+#      back as OUT/prfdn_x4_finetune.tar. Its 10,000 steps are done: STEPS=40000 restarts the cosine over a
+#      longer horizon (a warm restart; the lr goes back to ~0.85e-4 and decays again).
 #
 #   here:    bash experiments/gpu_session.sh --make-carry      (makes .whl and .gpu_data, 54 MB)
 #   device:  bash experiments/gpu_session.sh "$OUT" 570        (carry .whl and .gpu_data)
@@ -45,14 +47,14 @@ export PYTHONUNBUFFERED=1 XLA_FLAGS=
 
 if [ -n "${PRFDN_SMOKE:-}" ]; then
   SHARED=${PRFDN_SHARED:-$ROOT/../shared}
-  RUN=$(mktemp -d)/prfdn_x4; cp -r experiments/runs/prfdn_x4 "$RUN"
+  RUN=$(mktemp -d)/prfdn_x4_p256; cp -r experiments/runs/prfdn_x4_p256 "$RUN"
   STEPS=$(( $(ls "$RUN/finetune/checkpoints" | grep -E '^[0-9]+$' | sort -n | tail -1) + 10 ))
   GPU_ARGS=(--cpu-smoke)
   TRAIN_SETS=(log_every=5 ckpt_every=5)
 else
   SHARED=$ROOT/.gpu_data
-  RUN=$ROOT/experiments/runs/prfdn_x4
-  STEPS=60000
+  RUN=$ROOT/experiments/runs/prfdn_x4_p256
+  STEPS=${STEPS:-40000}
   GPU_ARGS=()
   TRAIN_SETS=(log_every=500 ckpt_every=2000)
   if [ -d .whl ]; then
@@ -91,7 +93,8 @@ T=$(( $(left) - 30 ))
 if [ "$T" -gt 30 ]; then
   # SIGINT at the deadline: the run checkpoints and stops (resumes bit-exactly from there)
   timeout -s INT -k 25 "$T" $PY experiments/prfdn_x4.py --run "$RUN" --shared "$SHARED" --steps "$STEPS" \
-    --set schedule=multistep "milestones=[0.66,0.84]" compute_dtype=float32 val_every=100000000 "${TRAIN_SETS[@]}" 2>&1 | tee "$OUT/train.log" | grep -v '^\s*$' | tail -40
+    --set patch=256 batch=8 lr=1e-4 schedule=cosine seed=101 compute_dtype=float32 val_every=100000000 \
+    "${TRAIN_SETS[@]}" 2>&1 | tee "$OUT/train.log" | grep -v '^\s*$' | tail -40
   echo "train exit ${PIPESTATUS[0]}"
 fi
 tar -cf "$OUT/prfdn_x4_finetune.tar" -C "$RUN" finetune
