@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +20,7 @@ __all__ = ["atomic_write", "check_stop", "default_mode", "no_such", "record_stop
 # exception raised while a gc callback or a ``__del__`` runs in the main thread (JAX's gc callback, seen),
 # so the handler records it here too: no output is committed after it, and the CLI exits as stopped.
 _STOP: list[BaseException] = []
+_CREATE = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 def record_stop(exc: BaseException | None) -> None:
@@ -73,8 +74,8 @@ def _fsync(path: str | os.PathLike, directory: bool = False) -> None:
 def atomic_write(path: str | os.PathLike, *, mode: int | None = None, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a new empty temp file beside ``path`` (``.<name>.<random><suffix>``) for the caller to write.
 
-    On success: the temp file is fsynced, given ``mode`` (default :func:`default_mode`; ``mkstemp``
-    makes 0600), renamed onto ``path`` (``os.replace``) and the folder fsynced. On any exception,
+    On success: the temp file is fsynced, given ``mode`` (default :func:`default_mode`; it is made
+    0600, as ``mkstemp`` makes it), renamed onto ``path`` (``os.replace``) and the folder fsynced. On any exception,
     KeyboardInterrupt included, the temp file is removed and ``path`` is left as it was. The parent
     folders are created. An ``OSError`` while creating the temp file is raised before the body runs.
     An ``OSError`` that names the temp file is raised again naming ``path`` (the temp name means nothing
@@ -82,18 +83,20 @@ def atomic_write(path: str | os.PathLike, *, mode: int | None = None, suffix: st
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    # The name is chosen before the file exists and the file is made inside the try: a stop signal's
+    # exception raised just after the file appears (the window tempfile.mkstemp leaves) still removes it.
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}{suffix}"
     try:
+        os.close(os.open(tmp, _CREATE, 0o600))  # as mkstemp; a clash (1 in 2**48) raises FileExistsError
         yield tmp
         check_stop()  # never commit an output after a stop signal, even one whose exception was swallowed
         _fsync(tmp)
         os.chmod(tmp, default_mode() if mode is None else mode)
         os.replace(tmp, path)
     except BaseException as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
+        if not (isinstance(e, FileExistsError) and e.filename == str(tmp)):  # never another's file
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
         if isinstance(e, OSError) and str(tmp) in (e.filename, e.filename2):
             raise OSError(e.errno, e.strerror or str(e), str(path)) from None
         raise

@@ -93,3 +93,22 @@ def test_upscale_after_a_swallowed_sigterm_exits_143_without_output(tmp_path):
     assert p.returncode == 143, p.stderr
     assert [ln for ln in p.stderr.splitlines() if ln.strip()] == ["prfdn: terminated (SIGTERM)"]
     assert sorted(os.listdir(tmp_path)) == ["in.png"]
+
+
+def test_a_stop_signal_just_after_the_temp_file_appears_removes_it(tmp_path, monkeypatch):
+    """The signal lands between the temp file's creation and the body (seen under load: SIGTERM sent as soon as
+    the temp file appeared left it behind): the file is still removed and the exception goes on."""
+    real_close, calls = os.close, []
+
+    def close_then_interrupt(fd):
+        real_close(fd)
+        if not calls:
+            calls.append(fd)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "close", close_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_write(tmp_path / "out.mp4", suffix=".mp4"):
+            pytest.fail("the body must not run")
+    monkeypatch.setattr(os, "close", real_close)
+    assert calls and list(tmp_path.iterdir()) == []
