@@ -51,6 +51,15 @@ def _terminate(signum, frame):
     raise exc
 
 
+def _unraisable(hook):
+    """``sys.unraisablehook`` that keeps quiet about a stop signal's exception swallowed in a gc callback
+    (it is recorded: :func:`_terminate`; ``prfdn: terminated`` is the one line the user sees)."""
+    def quiet(u):
+        if not isinstance(u.exc_value, KeyboardInterrupt):
+            hook(u)
+    return quiet
+
+
 def command_module(name: str):
     """The module of command ``name`` (``prfdn_jax.commands.<name>``)."""
     return importlib.import_module(f"prfdn_jax.commands.{name}")
@@ -119,9 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         enable_compile_cache(off=args.no_compile_cache)
     main_thread = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    unraisable, sys.unraisablehook = sys.unraisablehook, _unraisable(sys.unraisablehook)
     try:
         return _run(args)
     finally:
+        sys.unraisablehook = unraisable
         warnings.formatwarning = formatter
         if main_thread:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)
