@@ -75,7 +75,8 @@ def atomic_write(path: str | os.PathLike, *, mode: int | None = None, suffix: st
     """Yield a new empty temp file beside ``path`` (``.<name>.<random><suffix>``) for the caller to write.
 
     On success: the temp file is fsynced, given ``mode`` (default :func:`default_mode`; it is made
-    0600, as ``mkstemp`` makes it), renamed onto ``path`` (``os.replace``) and the folder fsynced. On any exception,
+    0600, as ``mkstemp`` makes it), renamed onto ``path`` (``os.replace``) and the folder fsynced.
+    On any exception,
     KeyboardInterrupt included, the temp file is removed and ``path`` is left as it was. The parent
     folders are created. An ``OSError`` while creating the temp file is raised before the body runs.
     An ``OSError`` that names the temp file is raised again naming ``path`` (the temp name means nothing

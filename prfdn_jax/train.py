@@ -7,7 +7,8 @@ The network is trained in the form it is given: a branch or wide net through the
 wide apply path (``backends.CHOICES``), a merged/pruned net as dense convs (``config.impl`` sets
 another apply path, on a view of the network: the caller's is never changed). Pixels stay in
 [0, 255]; the loss is ``mean|SR - HR| / loss_norm`` (255: the scale Adam is used to; ``loss="l2"``:
-``mean(((SR - HR) / loss_norm)^2)``), computed in float32. ``config.compute_dtype`` (``auto``: bfloat16 on GPU/TPU, float32 on CPU) is the dtype of the
+``mean(((SR - HR) / loss_norm)^2)``), computed in float32. ``config.compute_dtype`` (``auto``: bfloat16
+on GPU/TPU, float32 on CPU) is the dtype of the
 forward/backward; parameters, Adam state and the EMA stay float32. The state a step carries is a
 :class:`prfdn_jax.train_step.TrainState` (``step(state, batch) -> (state, metrics)``).
 ``config.ema_decay > 0`` keeps an EMA of the parameters (BasicSR's ``params_ema``): validation, the
