@@ -57,6 +57,7 @@ class TrainConfig:
     # data
     data_dirs: tuple[str, ...] = ()
     patch: int = 128                 # HR patch side; LR patch = patch // scale
+    patch_sizes: tuple[int, ...] = ()  # HR sides (<= patch) each batch is cut to, drawn per batch; (): patch
     batch: int = 16                  # global batch (divisible by the device count)
     degradation: str = "matlab"      # 'matlab' | 'ntire'
     augment: bool = True
@@ -304,7 +305,7 @@ def check_config(c: TrainConfig) -> None:
     from prfdn_jax import data as data_lib  # imports grain (~1 s): not for `prfdn --help`
 
     try:
-        data_lib.check_settings(c.scale, c.patch, c.batch, c.degradation)
+        data_lib.check_settings(c.scale, c.patch, c.batch, c.degradation, c.patch_sizes)
     except data_lib.DataError as e:
         raise ConfigError(str(e)) from None
 

@@ -40,6 +40,7 @@ import grain
 import numpy as np
 
 from prfdn_jax import imaging
+from prfdn_jax.crops import AlignedCrop, BatchCrop, CropPair
 from prfdn_jax.resize import DEGRADATIONS, degrade
 
 LR_MODES = ("crop", "aligned")
@@ -188,74 +189,34 @@ class SubImageSource:
         return f"SubImageSource({len(self.boxes)} sub-images of {len(self.images)} images)"
 
 
-def _augment(rng: np.random.Generator, *arrays: np.ndarray) -> list[np.ndarray]:
-    flip, rot = rng.integers(0, 2), int(rng.integers(0, 4))
-    return [np.rot90(a[:, ::-1] if flip else a, rot) for a in arrays]
-
-
-@dataclasses.dataclass(frozen=True)
-class CropPair:
-    """``random_map`` fn: an HR image -> ``{'lr', 'hr'}`` training pair (random crop, flip, rot90)."""
-
-    scale: int
-    patch: int
-    degradation: str = "matlab"
-    augment: bool = True
-
-    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        p, s = self.patch, self.scale
-        h, w = img.shape[:2]
-        y = int(rng.integers(0, h - p + 1))
-        x = int(rng.integers(0, w - p + 1))
-        hr = img[y:y + p, x:x + p]
-        if self.augment:
-            (hr,) = _augment(rng, hr)
-        hr = np.ascontiguousarray(hr)
-        return {"lr": degrade(hr, s, self.degradation), "hr": hr}
-
-
-@dataclasses.dataclass(frozen=True)
-class AlignedCrop:
-    """``random_map`` fn: a sub-image pair -> training pair: HR crop at (y, x), multiples of the scale,
-    LR crop at (y/s, x/s), the same flip and rot90 on both."""
-
-    scale: int
-    patch: int
-    augment: bool = True
-
-    def __call__(self, pair: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
-        p, s = self.patch, self.scale
-        q = p // s
-        hr, lr = pair["hr"], pair["lr"]
-        h, w = hr.shape[:2]
-        y = s * int(rng.integers(0, (h - p) // s + 1))
-        x = s * int(rng.integers(0, (w - p) // s + 1))
-        hr, lr = hr[y:y + p, x:x + p], lr[y // s:y // s + q, x // s:x // s + q]
-        if self.augment:
-            hr, lr = _augment(rng, hr, lr)
-        return {"lr": np.ascontiguousarray(lr), "hr": np.ascontiguousarray(hr)}
-
-
-def check_settings(scale: int, patch: int, batch: int, degradation: str) -> None:
+def check_settings(scale: int, patch: int, batch: int, degradation: str, patch_sizes: Sequence[int] = ()) -> None:
     if scale not in (2, 3, 4):
         raise DataError(f"scale must be 2, 3 or 4, got {scale}")
-    if patch % scale:
-        raise DataError(f"patch {patch} is not a multiple of the scale {scale}")
-    if patch // scale < 15:
-        raise DataError(f"LR patch {patch // scale} is below 15 pixels (ESA needs at least 15x15)")
+    for p in (patch, *patch_sizes):
+        if p % scale:
+            raise DataError(f"patch {p} is not a multiple of the scale {scale}")
+        if p // scale < 15:
+            raise DataError(f"LR patch {p // scale} is below 15 pixels (ESA needs at least 15x15)")
+    if patch_sizes and max(patch_sizes) > patch:
+        raise DataError(f"patch_sizes {tuple(patch_sizes)} go beyond the patch {patch} they are cut from")
     if batch < 1:
         raise DataError(f"batch must be positive, got {batch}")
     if degradation not in DEGRADATIONS:
         raise DataError(f"unknown degradation {degradation!r}; expected one of {DEGRADATIONS}")
 
 
-def _stream(source, fn, *, batch: int, seed: int, workers: int, shard: tuple[int, int]) -> grain.IterDataset:
-    """source -> seeded shuffle per epoch, forever -> ``fn`` (random_map) -> this process's shard -> batches."""
+def _stream(source, fn, *, batch: int, seed: int, workers: int, shard: tuple[int, int],
+            batch_fn: BatchCrop | None = None) -> grain.IterDataset:
+    """source -> seeded shuffle per epoch, forever -> ``fn`` (random_map) -> this process's shard -> batches
+    (-> ``batch_fn``, a random_map on each batch)."""
     ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None).random_map(fn)
     index, count = shard
     if count > 1:
         ds = ds[index::count]
-    ds = ds.batch(batch, drop_remainder=True).to_iter_dataset()
+    ds = ds.batch(batch, drop_remainder=True)
+    if batch_fn is not None:
+        ds = ds.random_map(batch_fn)
+    ds = ds.to_iter_dataset()
     if workers > 0:
         _absl_flags_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2))
@@ -265,7 +226,7 @@ def _stream(source, fn, *, batch: int, seed: int, workers: int, shard: tuple[int
 def make_dataset(dirs: Sequence[str | os.PathLike], *, scale: int, patch: int, batch: int,
                  degradation: str = "matlab", augment: bool = True, seed: int = 0, workers: int = 0,
                  shard: tuple[int, int] = (0, 1), cache: bool = True, lr_mode: str = "crop",
-                 sub_size: int = SUB_SIZE, step: int = SUB_STEP) -> grain.IterDataset:
+                 sub_size: int = SUB_SIZE, step: int = SUB_STEP, patch_sizes: Sequence[int] = ()) -> grain.IterDataset:
     """Infinite grain dataset of batches ``{'lr': (B, p/s, p/s, 3), 'hr': (B, p, p, 3)}`` uint8.
 
     Each epoch visits the images (``lr_mode='aligned'``: the sub-images) in a new seeded order;
@@ -274,7 +235,8 @@ def make_dataset(dirs: Sequence[str | os.PathLike], *, scale: int, patch: int, b
     processes (``mp_prefetch``; same batches). When ``dirs`` is one prepared dataset (an
     ``.array_record`` file of :mod:`prfdn_jax.prepare`, or its folder), this is
     :func:`make_prepared_dataset` (always aligned; ``lr_mode``, ``sub_size``, ``step`` and ``cache``
-    are the preparation's).
+    are the preparation's). ``patch_sizes``: each batch is then cut to one HR side drawn from them
+    (:class:`BatchCrop`; each at most ``patch``).
     """
     dirs = [dirs] if isinstance(dirs, (str, os.PathLike)) else list(dirs)
     prepared = [d for d in dirs if find_prepared(d) is not None]
@@ -282,21 +244,24 @@ def make_dataset(dirs: Sequence[str | os.PathLike], *, scale: int, patch: int, b
         if len(dirs) > 1:
             raise DataError(f"a prepared dataset ({prepared[0]}) must be the only training data source")
         return make_prepared_dataset(dirs[0], scale=scale, patch=patch, batch=batch, degradation=degradation,
-                                     augment=augment, seed=seed, workers=workers, shard=shard)
-    check_settings(scale, patch, batch, degradation)
+                                     augment=augment, seed=seed, workers=workers, shard=shard,
+                                     patch_sizes=patch_sizes)
+    check_settings(scale, patch, batch, degradation, patch_sizes)
+    crop = BatchCrop(scale, tuple(patch_sizes)) if patch_sizes else None
     if lr_mode not in LR_MODES:
         raise DataError(f"unknown lr_mode {lr_mode!r}; expected one of {LR_MODES}")
     if lr_mode == "crop":
         paths, images, _ = _scan(dirs, patch, cache and workers == 0)
         return _stream(ImageSource(paths, images), CropPair(scale, patch, degradation, augment),
-                       batch=batch, seed=seed, workers=workers, shard=shard)
+                       batch=batch, seed=seed, workers=workers, shard=shard, batch_fn=crop)
     check_sub(scale, sub_size, step)
     if patch > sub_size:
         raise DataError(f"patch {patch} is larger than the sub-images ({sub_size})")
     paths, images, shapes = _scan(dirs, patch, cache and workers == 0)
     boxes = [(k, *b) for k, (h, w) in enumerate(shapes) for b in sub_boxes(h, w, scale, sub_size, step)]
     return _stream(SubImageSource(ImageSource(paths, images), boxes, scale, degradation),
-                   AlignedCrop(scale, patch, augment), batch=batch, seed=seed, workers=workers, shard=shard)
+                   AlignedCrop(scale, patch, augment), batch=batch, seed=seed, workers=workers, shard=shard,
+                   batch_fn=crop)
 
 
 def make_iterator(dirs, **kw) -> grain.DatasetIterator:
@@ -401,7 +366,7 @@ class PreparedSource:
 
 def make_prepared_dataset(path: str | os.PathLike, *, scale: int, patch: int, batch: int, augment: bool = True,
                           seed: int = 0, workers: int = 0, shard: tuple[int, int] = (0, 1),
-                          degradation: str | None = None) -> grain.IterDataset:
+                          degradation: str | None = None, patch_sizes: Sequence[int] = ()) -> grain.IterDataset:
     """Infinite grain dataset of batches, as :func:`make_dataset`, from a prepared dataset.
 
     Sub-images smaller than the patch are left out. The batches equal those of :func:`make_dataset`
@@ -409,7 +374,7 @@ def make_prepared_dataset(path: str | os.PathLike, *, scale: int, patch: int, ba
     ``scale`` (and ``degradation`` unless None) must be the preparation's, ``patch <= sub_size``.
     """
     meta = read_sidecar(path)
-    check_settings(scale, patch, batch, meta["degradation"] if degradation is None else degradation)
+    check_settings(scale, patch, batch, meta["degradation"] if degradation is None else degradation, patch_sizes)
     if scale != meta["scale"]:
         raise DataError(f"{path}: prepared for scale x{meta['scale']}, not x{scale}")
     if degradation is not None and degradation != meta["degradation"]:
@@ -422,7 +387,8 @@ def make_prepared_dataset(path: str | os.PathLike, *, scale: int, patch: int, ba
     source = PreparedSource(meta["records"], keys)
     if source.num_records() != meta["count"]:
         raise DataError(f"{path}: holds {source.num_records()} records but its sidecar says {meta['count']}")
-    return _stream(source, AlignedCrop(scale, patch, augment), batch=batch, seed=seed, workers=workers, shard=shard)
+    return _stream(source, AlignedCrop(scale, patch, augment), batch=batch, seed=seed, workers=workers, shard=shard,
+                   batch_fn=BatchCrop(scale, tuple(patch_sizes)) if patch_sizes else None)
 
 
 def _absl_flags_parsed() -> None:

@@ -302,9 +302,9 @@ def _run_locked(config: TrainConfig, workdir: Path, model, mesh: _Mesh, verbose:
         r.it = data_lib.make_iterator(r.config.data_dirs, scale=r.config.scale, patch=r.config.patch,
                                       batch=r.config.batch // mesh.n_proc, degradation=r.config.degradation,
                                       augment=r.config.augment, seed=r.config.seed, workers=r.config.workers,
-                                      shard=(mesh.proc, mesh.n_proc))
+                                      shard=(mesh.proc, mesh.n_proc), patch_sizes=r.config.patch_sizes)
         try:
-            r.graphdef, params, r.rest = nnx.split(with_impl(model, impl), nnx.Param, ...)  # the path, fixed for the jit
+            r.graphdef, params, r.rest = nnx.split(with_impl(model, impl), nnx.Param, ...)  # path fixed for the jit
             tx, r.sched = make_optimizer(r.config)
             state, start, skipped = _start_state(r, params, tx, bool(have), use_ema)
             changes = config_changes(previous, r.config)

@@ -147,3 +147,35 @@ def test_aligned_lr_mode_crops_the_sub_image_lr(folder):
             np.testing.assert_array_equal(lr, sub_lr[y // 2:y // 2 + 24, x // 2:x // 2 + 24])
     a = take(data.make_iterator([folder], **kw), 3)
     assert_same_batches(a, take(data.make_iterator([folder], workers=1, **kw), 3, close=True))
+
+
+def test_patch_sizes_cut_each_batch_to_one_listed_size_inside_the_patch_crop(folder):
+    """patch_sizes: every batch is a scale-aligned window of the patch batch (the same stream without
+    them), of one listed size; the LR stays the window of the LR crop; resumable like any stream."""
+    kw = dict(scale=2, patch=48, batch=3, seed=4)
+    full = take(data.make_iterator([folder], **kw), 12)
+    cut = take(data.make_iterator([folder], **kw, patch_sizes=(32, 40, 48)), 12)
+    assert {b["hr"].shape[1] for b in cut} == {32, 40, 48}
+    for f, c in zip(full, cut):
+        p = c["hr"].shape[1]
+        assert c["hr"].shape == (3, p, p, 3) and c["lr"].shape == (3, p // 2, p // 2, 3)
+        hits = [(y, x) for y in range(0, 48 - p + 1, 2) for x in range(0, 48 - p + 1, 2)
+                if np.array_equal(f["hr"][:, y:y + p, x:x + p], c["hr"])]
+        assert hits, "a batch that is not a window of the patch batch"
+        y, x = hits[0]
+        np.testing.assert_array_equal(c["lr"], f["lr"][:, y // 2:y // 2 + p // 2, x // 2:x // 2 + p // 2])
+    it = data.make_iterator([folder], **kw, patch_sizes=(32, 40))
+    take(it, 2)
+    state, nxt = it.get_state(), take(it, 3)
+    it2 = data.make_iterator([folder], **kw, patch_sizes=(32, 40))
+    it2.set_state(state)
+    assert_same_batches(nxt, take(it2, 3))
+
+
+def test_patch_sizes_errors(folder):
+    with pytest.raises(data.DataError, match="go beyond the patch 48"):
+        data.make_iterator([folder], scale=2, patch=48, batch=2, patch_sizes=(32, 64))
+    with pytest.raises(data.DataError, match="patch 47 is not a multiple"):
+        data.make_iterator([folder], scale=3, patch=48, batch=2, patch_sizes=(47,))
+    with pytest.raises(data.DataError, match="below 15"):
+        data.make_iterator([folder], scale=2, patch=48, batch=2, patch_sizes=(28, 48))

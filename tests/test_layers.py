@@ -21,7 +21,7 @@ MAX_FUNCTION_LINES = 80  # argparse tables (add_arguments) excepted
 LAYERS = {
     0: ("prfdn_jax", "prfdn_jax.spec", "prfdn_jax.backends", "prfdn_jax.extras", "prfdn_jax.fileio",
         "prfdn_jax.metrics", "prfdn_jax.progress", "prfdn_jax.resize", "prfdn_jax.throughput"),
-    1: ("prfdn_jax.blocks", "prfdn_jax.imaging", "prfdn_jax.state_dict"),
+    1: ("prfdn_jax.blocks", "prfdn_jax.crops", "prfdn_jax.imaging", "prfdn_jax.state_dict"),
     2: ("prfdn_jax.networks", "prfdn_jax.data", "prfdn_jax.folder_jobs"),
     3: ("prfdn_jax.config", "prfdn_jax.inference", "prfdn_jax.macs", "prfdn_jax.prepare", "prfdn_jax.workdir"),
     4: ("converters", "prfdn_jax.checkpoint", "prfdn_jax.configs", "prfdn_jax.evaluate", "prfdn_jax.runlog",

@@ -21,7 +21,7 @@ import pytest
 from prfdn_jax import train
 from prfdn_jax.checkpoint import flat_params, load_any
 from prfdn_jax.cli import main
-from prfdn_jax.config import ConfigError, TrainConfig, load_config, override
+from prfdn_jax.config import ConfigError, TrainConfig, check_config, load_config, override
 from prfdn_jax.workdir import WorkdirError, load_workdir_model, workdir_manager
 
 from helpers import ROOT, shared_path
@@ -321,8 +321,11 @@ def test_load_config_variants():
     assert p.branch.nf == 8 and p.layout == "b4s"
     assert load_config(p.to_dict()) == p
     assert override(cfg, ["lr=0.001", "patch=64"]).patch == 64
+    assert override(cfg, ["patch=64", "patch_sizes=[48,64]"]).patch_sizes == (48, 64)
     with pytest.raises(ConfigError, match="bad --set"):
         override(cfg, ["nope=1"])
+    with pytest.raises(ConfigError, match="go beyond the patch"):
+        check_config(override(cfg, ["patch=64", "patch_sizes=[48,80]"]))
 
 
 @pytest.mark.parametrize("argv, msg", [
