@@ -23,6 +23,9 @@ with other settings; prfdn-x4's is a cosine finetune on 256-pixel patches (ESA p
     python experiments/prfdn_x4.py --run experiments/runs/prfdn_x4_p256 --work runs/prfdn_x4_work \
         --start STAGE1_EMA.safetensors --steps 10000 \
         --set patch=256 batch=8 lr=1e-4 schedule=cosine val_every=1000 seed=101
+
+``--teacher rfdn-x4`` trains a stage on the prepared pairs followed by the same LR labelled by the teacher
+(``experiments/distill_data.py``, made once in ``--work``): output distillation mixed with the ground truth.
 """
 
 from __future__ import annotations
@@ -64,6 +67,22 @@ def prepared_data(shared: Path, work: Path, sets=TRAIN_SETS, smoke: bool = False
             dirs = dirs[:1]
         info = prepare(dirs, out, scale=SCALE)
         print(f"[prfdn_x4] prepared {info.get('count', '?')} pairs from {len(dirs)} folders", flush=True)
+    return out
+
+
+def distilled_data(prepared: Path, teacher: str) -> Path:
+    """``prepared``'s pairs, then the same LR with ``teacher``'s outputs (made once, beside it)."""
+    import json
+
+    import distill_data
+
+    out = prepared.with_name(prepared.name + "_kd")
+    side = out / "prepared.json"
+    if not side.is_file():
+        distill_data.main([str(prepared), str(out), "--teacher", teacher])
+    made_by = json.loads(side.read_text()).get("teacher", {}).get("model")
+    if made_by != teacher:
+        raise SystemExit(f"{out} holds {made_by}'s outputs, not {teacher}'s: move it away to remake it")
     return out
 
 
@@ -192,6 +211,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cpu-smoke", action="store_true")
     ap.add_argument("--ship", action="store_true", help="write the finetune's EMA as the built-in prfdn-x4 and stop")
     ap.add_argument("--set", nargs="*", default=[], metavar="K=V", help="finetune config overrides")
+    ap.add_argument("--teacher", default=None, help="distil from this built-in model (mixed with the ground truth)")
     ap.add_argument("--start", default=None, help="a second stage: finetune from these weights (copied into the "
                                                   "run as start.safetensors; no pruning)")
     a = ap.parse_args(argv)
@@ -209,6 +229,8 @@ def main(argv=None) -> int:
     run.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     prepared = prepared_data(shared, work, smoke=a.cpu_smoke)
+    if a.teacher:
+        prepared = distilled_data(prepared, a.teacher)
     start = run / "start.safetensors"
     if a.start and not start.is_file():
         import shutil
