@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # One lent-GPU call, prepared here and checked on the CPU first (PRFDN_SMOKE=1):
 #   1. versions, then experiments/gpu_inference.py unchanged (the deploy compiler on the GPU) -> OUT/gpu/;
-#   2. the prfdn-x4 finetune's latest stage (experiments/runs/prfdn_x4_p256/finetune: 256-pixel patches, cosine
-#      lr) continued on the GPU until the deadline, paused with SIGINT (it checkpoints), and the workdir brought
-#      back as OUT/prfdn_x4_finetune.tar. Its 10,000 steps are done: STEPS=40000 restarts the cosine over a
-#      longer horizon (a warm restart; the lr goes back to ~0.85e-4 and decays again).
+#   2. the prfdn-x4 finetune's latest stage (STAGE, below: its run folder and settings in one place) continued
+#      on the GPU until the deadline, paused with SIGINT (it checkpoints), and the workdir brought back as
+#      OUT/prfdn_x4_finetune.tar. STEPS beyond the stage's own restarts its cosine over a longer horizon (a
+#      warm restart). A distillation stage (--teacher) remakes its teacher pairs on the device first.
 #
 #   here:    bash experiments/gpu_session.sh --make-carry      (makes .whl and .gpu_data, 54 MB)
 #   device:  bash experiments/gpu_session.sh "$OUT" 570        (carry .whl and .gpu_data)
@@ -34,6 +34,10 @@ for s in ('T91', 'General100'):
         Image.open(f).save(Path('.gpu_data/data/train') / s / (f.stem + '.png'), optimize=True)" "$S"
   du -sh .whl .gpu_data; exit 0
 fi
+# The stage to continue: experiments/runs/$STAGE, with the settings it was started with (runs.jsonl).
+STAGE=${STAGE:-prfdn_x4_kd}
+STAGE_ARGS=(--teacher rfdn-x4)
+STAGE_SETS=(patch=256 batch=8 lr=5e-5 schedule=cosine seed=303 loss=l2)
 OUT=${1:?usage: gpu_session.sh OUT [TOTAL_S] | gpu_session.sh --make-carry}
 TOTAL=${2:-570}
 START=$(date +%s)
@@ -47,13 +51,13 @@ export PYTHONUNBUFFERED=1 XLA_FLAGS=
 
 if [ -n "${PRFDN_SMOKE:-}" ]; then
   SHARED=${PRFDN_SHARED:-$ROOT/../shared}
-  RUN=$(mktemp -d)/prfdn_x4_p256; cp -r experiments/runs/prfdn_x4_p256 "$RUN"
+  RUN=$(mktemp -d)/$STAGE; cp -r "experiments/runs/$STAGE" "$RUN"
   STEPS=$(( $(ls "$RUN/finetune/checkpoints" | grep -E '^[0-9]+$' | sort -n | tail -1) + 10 ))
   GPU_ARGS=(--cpu-smoke)
   TRAIN_SETS=(log_every=5 ckpt_every=5)
 else
   SHARED=$ROOT/.gpu_data
-  RUN=$ROOT/experiments/runs/prfdn_x4_p256
+  RUN=$ROOT/experiments/runs/$STAGE
   STEPS=${STEPS:-40000}
   GPU_ARGS=()
   TRAIN_SETS=(log_every=500 ckpt_every=2000)
@@ -93,8 +97,7 @@ T=$(( $(left) - 30 ))
 if [ "$T" -gt 30 ]; then
   # SIGINT at the deadline: the run checkpoints and stops (resumes bit-exactly from there)
   timeout -s INT -k 25 "$T" $PY experiments/prfdn_x4.py --run "$RUN" --shared "$SHARED" --steps "$STEPS" \
-    --set patch=256 batch=8 lr=1e-4 schedule=cosine seed=101 compute_dtype=float32 val_every=100000000 \
-    "${TRAIN_SETS[@]}" 2>&1 | tee "$OUT/train.log" | grep -v '^\s*$' | tail -40
+    "${STAGE_ARGS[@]}" --set "${STAGE_SETS[@]}" compute_dtype=float32 val_every=100000000 "${TRAIN_SETS[@]}" 2>&1 | tee "$OUT/train.log" | grep -v '^\s*$' | tail -40
   echo "train exit ${PIPESTATUS[0]}"
 fi
 tar -cf "$OUT/prfdn_x4_finetune.tar" -C "$RUN" finetune

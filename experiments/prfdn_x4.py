@@ -160,18 +160,35 @@ def pareto_png(run: Path) -> Path:
                                                             "(Taylor, 100 finetune steps a step)")
 
 
-def ship(shared: Path, run: Path, dst: Path = SHIPPED) -> dict:
-    """The finetune's latest EMA, evaluated like ``prfdn eval`` (Y-PSNR, MATLAB-bicubic LR, ``scale``
-    border) on Set5/Set14/Urban100, written as a built-in model file; ``run/results.json`` gets the numbers."""
+def average_weights(models: list):
+    """A network whose every parameter is the mean of ``models``' (same architecture): a uniform "model soup"
+    of finetunes that share a start."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    graphdef, _ = nnx.split(models[0])
+    states = [nnx.split(m)[1] for m in models]
+    mean = jax.tree.map(lambda *a: np.mean(np.stack([np.asarray(x, np.float64) for x in a]), 0)
+                        .astype(np.asarray(a[0]).dtype), *states)
+    return nnx.merge(graphdef, mean)
+
+
+def ship(shared: Path, run: Path, dst: Path = SHIPPED, soup: tuple[str, ...] = ()) -> dict:
+    """The finetune's latest EMA (``soup``: averaged with these weight files), evaluated like ``prfdn eval``
+    (Y-PSNR, MATLAB-bicubic LR, ``scale`` border) on Set5/Set14/Urban100, written as a built-in model file;
+    ``run/results.json`` gets the numbers."""
     import hashlib
     import json
 
-    from prfdn_jax.checkpoint import save_model
+    from prfdn_jax.checkpoint import load_model_file, save_model
     from prfdn_jax.evaluate import evaluate, load_eval_set
     from prfdn_jax.macs import summary
     from prfdn_jax.workdir import load_workdir_model
 
     model = load_workdir_model(run / "finetune")
+    if soup:
+        model = average_weights([model, *(load_model_file(f) for f in soup)])
     rows = list(csv.DictReader(open(run / "finetune" / "metrics.csv")))
     step = max(int(d.name) for d in (run / "finetune" / "checkpoints").iterdir() if d.name.isdigit())
     psnr = {}
@@ -193,6 +210,9 @@ def ship(shared: Path, run: Path, dst: Path = SHIPPED) -> dict:
     if (run / "start.safetensors").is_file():  # a second stage: name the weights it started from
         digest = hashlib.sha256((run / "start.safetensors").read_bytes()).hexdigest()
         res["start_sha256"] = stage["start_sha256"] = digest
+    if soup:
+        res["soup_sha256"] = {str(f): hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in soup}
+        stage["soup"] = json.dumps(res["soup_sha256"])
     save_model(dst, model, source=f"made by prfdn-jax (experiments/prfdn_x4.py) from {WEIGHTS[1]}",
                source_sha256=sha, finetune_step=str(step), psnr_y=json.dumps(psnr), **stage)
     (run / "results.json").write_text(json.dumps(res, indent=1) + "\n")
@@ -210,6 +230,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="total finetune steps")
     ap.add_argument("--cpu-smoke", action="store_true")
     ap.add_argument("--ship", action="store_true", help="write the finetune's EMA as the built-in prfdn-x4 and stop")
+    ap.add_argument("--soup", nargs="*", default=[], metavar="W",
+                    help="with --ship: average the EMA with these weight files (e.g. RUN/start.safetensors)")
     ap.add_argument("--set", nargs="*", default=[], metavar="K=V", help="finetune config overrides")
     ap.add_argument("--teacher", default=None, help="distil from this built-in model (mixed with the ground truth)")
     ap.add_argument("--start", default=None, help="a second stage: finetune from these weights (copied into the "
@@ -223,7 +245,7 @@ def main(argv=None) -> int:
     configure_xla_flags()
     shared, run = shared_root(a.shared), Path(a.run)
     if a.ship:
-        ship(shared, run)
+        ship(shared, run, soup=tuple(a.soup))
         return 0
     work = Path(a.work) if a.work else Path(__file__).resolve().parents[1] / "runs" / f"{run.name}_work"
     run.mkdir(parents=True, exist_ok=True)
