@@ -97,7 +97,8 @@ T=$(( $(left) - 30 ))
 if [ "$T" -gt 30 ]; then
   # SIGINT at the deadline: the run checkpoints and stops (resumes bit-exactly from there)
   timeout -s INT -k 25 "$T" $PY experiments/prfdn_x4.py --run "$RUN" --shared "$SHARED" --steps "$STEPS" \
-    "${STAGE_ARGS[@]}" --set "${STAGE_SETS[@]}" compute_dtype=float32 val_every=100000000 "${TRAIN_SETS[@]}" 2>&1 | tee "$OUT/train.log" | grep -v '^\s*$' | tail -40
+    "${STAGE_ARGS[@]}" --set "${STAGE_SETS[@]}" compute_dtype=float32 val_every=100000000 "${TRAIN_SETS[@]}" \
+    2>&1 | tee "$OUT/train.log" | grep -v '^\s*$' | tail -40
   echo "train exit ${PIPESTATUS[0]}"
 fi
 tar -cf "$OUT/prfdn_x4_finetune.tar" -C "$RUN" finetune
