@@ -48,17 +48,17 @@ def main(argv=None) -> int:
     ap.add_argument("--no-mix", action="store_true", help="teacher pairs only (default: ground truth, then teacher)")
     a = ap.parse_args(argv)
     import grain
-    from array_record.python.array_record_module import ArrayRecordWriter
 
     from prfdn_jax.data import prepared_paths, read_sidecar
     from prfdn_jax.fileio import atomic_write
+    from prfdn_jax.prepare import record_writer
 
     meta = read_sidecar(a.src)
     records, side = prepared_paths(a.out)
     Path(a.out).mkdir(parents=True, exist_ok=True)
     t0, shapes = time.perf_counter(), []
     with atomic_write(records, mode=0o644) as tmp:
-        writer = ArrayRecordWriter(str(tmp), "group_size:1,uncompressed")
+        writer = record_writer(tmp)
         try:
             if not a.no_mix:
                 src = grain.sources.ArrayRecordDataSource(meta["records"])

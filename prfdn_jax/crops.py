@@ -71,6 +71,11 @@ class BatchCrop:
     scale: int
     sizes: tuple[int, ...]
 
+    @classmethod
+    def of(cls, scale: int, sizes) -> BatchCrop | None:
+        """The crop for ``sizes``, or None (no crop) when there are none."""
+        return cls(scale, tuple(sizes)) if sizes else None
+
     def __call__(self, b: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
         s, p = self.scale, int(self.sizes[int(rng.integers(0, len(self.sizes)))])
         q, n = p // s, b["hr"].shape[1]

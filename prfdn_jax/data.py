@@ -247,7 +247,7 @@ def make_dataset(dirs: Sequence[str | os.PathLike], *, scale: int, patch: int, b
                                      augment=augment, seed=seed, workers=workers, shard=shard,
                                      patch_sizes=patch_sizes)
     check_settings(scale, patch, batch, degradation, patch_sizes)
-    crop = BatchCrop(scale, tuple(patch_sizes)) if patch_sizes else None
+    crop = BatchCrop.of(scale, patch_sizes)
     if lr_mode not in LR_MODES:
         raise DataError(f"unknown lr_mode {lr_mode!r}; expected one of {LR_MODES}")
     if lr_mode == "crop":
@@ -388,7 +388,7 @@ def make_prepared_dataset(path: str | os.PathLike, *, scale: int, patch: int, ba
     if source.num_records() != meta["count"]:
         raise DataError(f"{path}: holds {source.num_records()} records but its sidecar says {meta['count']}")
     return _stream(source, AlignedCrop(scale, patch, augment), batch=batch, seed=seed, workers=workers, shard=shard,
-                   batch_fn=BatchCrop(scale, tuple(patch_sizes)) if patch_sizes else None)
+                   batch_fn=BatchCrop.of(scale, patch_sizes))
 
 
 def _absl_flags_parsed() -> None:

@@ -47,6 +47,13 @@ def encode_pair(hr: np.ndarray, lr: np.ndarray, scale: int) -> bytes:
                      np.ascontiguousarray(hr, np.uint8).tobytes(), np.ascontiguousarray(lr, np.uint8).tobytes()))
 
 
+def record_writer(path: str | os.PathLike, compression: str = "none"):
+    """An ``ArrayRecordWriter`` at ``path`` with this format's options (``group_size:1``: random access)."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    return ArrayRecordWriter(str(path), f"group_size:1,{COMPRESSIONS[compression]}")
+
+
 def cut_image(path: str | os.PathLike, scale: int, sub_size: int, step: int, degradation: str,
               min_size: int) -> tuple[list[bytes], list[tuple[int, int]], str | None]:
     """``(records, HR shapes, None)`` of one image's sub-image pairs, or ``([], [], why)`` when it is skipped."""
@@ -96,11 +103,9 @@ def _list(dirs: list) -> list[Path]:
 def _write_pairs(tmp: Path, files: list[Path], jobs: list, workers: int, compression: str):
     """Cut every image of ``files`` (``jobs``: their :func:`_cut_star` arguments) into ``tmp`` (ArrayRecord);
     ``(shapes, used, skipped)`` (skipped: ``[(path, why)]``); a warning for each skipped image."""
-    from array_record.python.array_record_module import ArrayRecordWriter
-
     shapes, used, skipped = [], [], []
     with contextlib.ExitStack() as stack:
-        writer = ArrayRecordWriter(str(tmp), f"group_size:1,{COMPRESSIONS[compression]}")
+        writer = record_writer(tmp, compression)
         stack.callback(writer.close)
         if workers > 0:
             pool = stack.enter_context(ProcessPoolExecutor(workers, multiprocessing.get_context("spawn")))
