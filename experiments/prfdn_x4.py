@@ -56,16 +56,18 @@ def shared_root(path: str | None) -> Path:
     return Path(path or os.environ.get("PRFDN_SHARED") or Path(__file__).resolve().parents[2] / "shared")
 
 
-def prepared_data(shared: Path, work: Path, sets=TRAIN_SETS, smoke: bool = False) -> Path:
-    """The training pairs at x4 as a prepared dataset in ``work`` (made once)."""
+def prepared_data(shared: Path, work: Path, sets=TRAIN_SETS, smoke: bool = False, rescale=(1.0,)) -> Path:
+    """The training pairs at x4 as a prepared dataset in ``work`` (made once), with the images also at each
+    ``rescale`` factor when more than ``(1.0,)`` is given (``prfdn prepare --rescale``)."""
     from prfdn_jax.prepare import prepare
 
-    out = work / f"prepared_x{SCALE}{'_smoke' if smoke else ''}"
+    sizes = "" if tuple(rescale) == (1.0,) else "_r" + "-".join(f"{f:g}" for f in rescale)
+    out = work / f"prepared_x{SCALE}{sizes}{'_smoke' if smoke else ''}"
     if not (out / "prepared.json").is_file():
         dirs = [str(shared / "data" / "train" / s) for s in sets if (shared / "data" / "train" / s).is_dir()]
         if smoke:
             dirs = dirs[:1]
-        info = prepare(dirs, out, scale=SCALE)
+        info = prepare(dirs, out, scale=SCALE, rescale=rescale)
         print(f"[prfdn_x4] prepared {info.get('count', '?')} pairs from {len(dirs)} folders", flush=True)
     return out
 
@@ -234,6 +236,8 @@ def main(argv=None) -> int:
                     help="with --ship: average the EMA with these weight files (e.g. RUN/start.safetensors)")
     ap.add_argument("--set", nargs="*", default=[], metavar="K=V", help="finetune config overrides")
     ap.add_argument("--teacher", default=None, help="distil from this built-in model (mixed with the ground truth)")
+    ap.add_argument("--rescale", type=float, nargs="+", default=[1.0], metavar="F",
+                    help="train on the images at these sizes too (prfdn prepare --rescale; made once in --work)")
     ap.add_argument("--start", default=None, help="a second stage: finetune from these weights (copied into the "
                                                   "run as start.safetensors; no pruning)")
     a = ap.parse_args(argv)
@@ -250,7 +254,7 @@ def main(argv=None) -> int:
     work = Path(a.work) if a.work else Path(__file__).resolve().parents[1] / "runs" / f"{run.name}_work"
     run.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
-    prepared = prepared_data(shared, work, smoke=a.cpu_smoke)
+    prepared = prepared_data(shared, work, smoke=a.cpu_smoke, rescale=tuple(a.rescale))
     if a.teacher:
         prepared = distilled_data(prepared, a.teacher)
     start = run / "start.safetensors"

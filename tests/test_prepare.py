@@ -77,6 +77,28 @@ def test_prepare_writes_records_and_sidecar(folder, prepared):
             k += 1
 
 
+def test_rescale_adds_downscaled_copies_after_the_originals(folder, prepared, tmp_path):
+    _, recs = _records(prepared[0])
+    out = tmp_path / "multi"
+    summary = prepare.prepare([folder], out, scale=S, sub_size=SUB, step=STEP, rescale=[1, 0.75])
+    meta, multi = _records(out)
+    assert meta["rescale"] == [1.0, 0.75] and summary["images"] == meta["images"] == 4
+    for a, b in zip(recs, multi):  # the x1 records come first, unchanged
+        np.testing.assert_array_equal(a["hr"], b["hr"])
+    k = len(recs)
+    for i, (h, w) in enumerate(SIZES):  # then every image at x0.75 (img3 goes under 15*S: skipped)
+        small = resize.imresize_matlab(imaging.read_image(folder / f"img{i}.png").rgb, 0.75)
+        if min(small.shape[:2]) < 15 * S:
+            continue
+        for y, x, bh, bw in data.sub_boxes(*small.shape[:2], S, SUB, STEP):
+            np.testing.assert_array_equal(multi[k]["hr"], small[y:y + bh, x:x + bw])
+            np.testing.assert_array_equal(multi[k]["lr"], resize.downscale(multi[k]["hr"], S, "matlab"))
+            k += 1
+    assert k == len(multi) == meta["count"] and meta["skipped"] == [str(folder / "img3.png")]
+    for bad in ([], [0], [1.5], [1, 1], [float("nan")], ["x"]):
+        _one_line_error("rescale must be", prepare.prepare, [folder], tmp_path / "o", scale=S, rescale=bad)
+
+
 def test_prepared_batches_equal_the_aligned_folder_pipeline(folder, prepared):
     out, _ = prepared
     for kw in (dict(seed=4), dict(seed=5, augment=False), dict(seed=6, shard=(1, 2))):

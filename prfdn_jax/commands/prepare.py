@@ -19,6 +19,9 @@ def add_arguments(pr) -> None:
     pr.add_argument("--step", type=int, default=240, help="stride between sub-images (default 240)")
     pr.add_argument("--degradation", choices=DEGRADATIONS, default="matlab",
                     help="how LR is made: MATLAB bicubic (default) or NTIRE (PIL bicubic + JPEG 90)")
+    pr.add_argument("--rescale", type=float, nargs="+", default=[1.0], metavar="F",
+                    help="also use the images downscaled by these factors in (0, 1] (MATLAB bicubic), e.g. "
+                         "1 0.9 0.8: scale augmentation for small sets (default 1: as they are)")
     pr.add_argument("--workers", type=int, default=0, help="worker processes (default 0)")
     pr.add_argument("--overwrite", action="store_true", help="replace an existing prepared dataset at --out")
     pr.add_argument("--compression", choices=tuple(COMPRESSIONS), default="none",
@@ -31,8 +34,10 @@ def run(args) -> int:
 
     check_outputs([str(p) for p in prepared_paths(args.out)], args.data, args.overwrite)
     s = prepare(args.data, args.out, scale=args.scale, sub_size=args.sub_size, step=args.step,
-                degradation=args.degradation, workers=args.workers, compression=args.compression)
-    print(f"prepared {s['count']} HR/LR pairs (x{args.scale}, {args.degradation}) from {s['images']} images "
+                degradation=args.degradation, workers=args.workers, compression=args.compression,
+                rescale=args.rescale)
+    sizes = "" if args.rescale == [1.0] else f" at sizes x{', x'.join(f'{f:g}' for f in args.rescale)}"
+    print(f"prepared {s['count']} HR/LR pairs (x{args.scale}, {args.degradation}) from {s['images']} images{sizes} "
           f"-> {args.out} ({s['bytes'] / 1e6:.1f} MB, {s['bytes_per_pair'] / 1e3:.0f} KB a pair, "
           f"{s['seconds']:.1f} s)")
     if s["skipped"]:
