@@ -24,6 +24,10 @@ with other settings; prfdn-x4's is a cosine finetune on 256-pixel patches (ESA p
         --start STAGE1_EMA.safetensors --steps 10000 \
         --set patch=256 batch=8 lr=1e-4 schedule=cosine val_every=1000 seed=101
 
+``--prune K=V`` changes the pruning (a new run folder prunes again): e.g. ``prune_ft_steps=250
+prune_patch=256 prune_lr=1e-4`` finetunes longer between steps, on 256-pixel patches; ``run/prune.json``
+records the settings used.
+
 ``--teacher rfdn-x4`` trains a stage on the prepared pairs followed by the same LR labelled by the teacher
 (``experiments/distill_data.py``, made once in ``--work``): output distillation mixed with the ground truth.
 """
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import sys
 from pathlib import Path
@@ -45,15 +50,33 @@ PARETO_FIELDS = ("step", "ratio", "params", "gmac", "gmac_1080p", "psnr")
 PROFILES = {
     # pruning: uniform (stays a grouped wide net), Taylor importance, 0.05 of the channels per step
     "cpu": dict(prune_ratio=0.9, prune_steps=18, prune_ft_steps=100, calib=16, prune_batch=8, prune_patch=128,
-                steps=100_000, batch=16, patch=128, lr=2e-4, ema=0.999, log_every=100, ckpt_every=250,
+                prune_lr=2e-4, steps=100_000, batch=16, patch=128, lr=2e-4, ema=0.999, log_every=100, ckpt_every=250,
                 val_every=2000),
     "cpu_smoke": dict(prune_ratio=0.9, prune_steps=18, prune_ft_steps=2, calib=2, prune_batch=2, prune_patch=64,
-                      steps=6, batch=2, patch=64, lr=2e-4, ema=0.9, log_every=2, ckpt_every=3, val_every=3),
+                      prune_lr=2e-4, steps=6, batch=2, patch=64, lr=2e-4, ema=0.9, log_every=2, ckpt_every=3,
+                      val_every=3),
 }
 
 
 def shared_root(path: str | None) -> Path:
     return Path(path or os.environ.get("PRFDN_SHARED") or Path(__file__).resolve().parents[2] / "shared")
+
+
+PRUNE_KEYS = ("prune_ratio", "prune_steps", "prune_ft_steps", "prune_patch", "prune_batch", "prune_lr", "calib")
+
+
+def prune_overrides(pairs: list[str], profile: dict) -> dict:
+    """``["prune_ft_steps=300", ...]`` -> ``{"prune_ft_steps": 300, ...}``, typed like ``profile``'s values."""
+    out = {}
+    for kv in pairs:
+        k, sep, v = kv.partition("=")
+        if not sep or k not in PRUNE_KEYS:
+            raise SystemExit(f"--prune takes K=V with K one of {', '.join(PRUNE_KEYS)}, got {kv!r}")
+        try:
+            out[k] = type(profile[k])(v)
+        except ValueError:
+            raise SystemExit(f"--prune {k} must be a {type(profile[k]).__name__} number, got {v!r}") from None
+    return out
 
 
 def prepared_data(shared: Path, work: Path, sets=TRAIN_SETS, smoke: bool = False, rescale=(1.0,)) -> Path:
@@ -74,8 +97,6 @@ def prepared_data(shared: Path, work: Path, sets=TRAIN_SETS, smoke: bool = False
 
 def distilled_data(prepared: Path, teacher: str) -> Path:
     """``prepared``'s pairs, then the same LR with ``teacher``'s outputs (made once, beside it)."""
-    import json
-
     import distill_data
 
     out = prepared.with_name(prepared.name + "_kd")
@@ -109,7 +130,7 @@ def prune_stage(shared: Path, run: Path, work: Path, prepared: Path, p: dict) ->
     calib = (b["lr"].astype(np.float32), b["hr"].astype(np.float32))
     val_items = load_eval_set(str(shared / "data" / "Set5"), SCALE, crop=96 if p["smoke"] else 0)
     base = TrainConfig(layout="b4s", scale=SCALE, data_dirs=(str(prepared),), patch=p["prune_patch"],
-                       batch=p["prune_batch"], lr=p["lr"], log_every=max(p["prune_ft_steps"], 1),
+                       batch=p["prune_batch"], lr=p["prune_lr"], log_every=max(p["prune_ft_steps"], 1),
                        ckpt_every=10**9, keep=1)
 
     def between(model, k):
@@ -121,6 +142,7 @@ def prune_stage(shared: Path, run: Path, work: Path, prepared: Path, p: dict) ->
     pruned, history = prune_model(wide, ratio=p["prune_ratio"], steps=p["prune_steps"], uniform=True,
                                   importance="taylor", calib=calib, finetune=between, val=val,
                                   target_gmac=TARGET_GMAC, size=SIZE)
+    (run / "prune.json").write_text(json.dumps({k: p[k] for k in PRUNE_KEYS}, indent=1) + "\n")
     with open(run / "pareto.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=PARETO_FIELDS, extrasaction="ignore")
         w.writeheader()
@@ -181,7 +203,6 @@ def ship(shared: Path, run: Path, dst: Path = SHIPPED, soup: tuple[str, ...] = (
     (Y-PSNR, MATLAB-bicubic LR, ``scale`` border) on Set5/Set14/Urban100, written as a built-in model file;
     ``run/results.json`` gets the numbers."""
     import hashlib
-    import json
 
     from prfdn_jax.checkpoint import load_model_file, save_model
     from prfdn_jax.evaluate import evaluate, load_eval_set
@@ -238,12 +259,15 @@ def main(argv=None) -> int:
     ap.add_argument("--teacher", default=None, help="distil from this built-in model (mixed with the ground truth)")
     ap.add_argument("--rescale", type=float, nargs="+", default=[1.0], metavar="F",
                     help="train on the images at these sizes too (prfdn prepare --rescale; made once in --work)")
+    ap.add_argument("--prune", nargs="*", default=[], metavar="K=V",
+                    help="pruning overrides: " + ", ".join(PRUNE_KEYS) + " (e.g. prune_ft_steps=300 prune_patch=256)")
     ap.add_argument("--start", default=None, help="a second stage: finetune from these weights (copied into the "
                                                   "run as start.safetensors; no pruning)")
     a = ap.parse_args(argv)
     p = dict(PROFILES["cpu_smoke" if a.cpu_smoke else "cpu"], smoke=a.cpu_smoke)
     if a.steps is not None:
         p["steps"] = a.steps
+    p.update(prune_overrides(a.prune, p))
     from prfdn_jax.backends import configure_xla_flags
 
     configure_xla_flags()
