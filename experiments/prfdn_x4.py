@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import sys
@@ -62,21 +63,30 @@ def shared_root(path: str | None) -> Path:
     return Path(path or os.environ.get("PRFDN_SHARED") or Path(__file__).resolve().parents[2] / "shared")
 
 
-PRUNE_KEYS = ("prune_ratio", "prune_steps", "prune_ft_steps", "prune_patch", "prune_batch", "prune_lr", "calib")
+@dataclasses.dataclass(frozen=True)
+class PruneSettings:
+    """The pruning half of a profile: ``--prune K=V`` overrides it like ``--set`` does the finetune's."""
+    prune_ratio: float
+    prune_steps: int
+    prune_ft_steps: int
+    prune_patch: int
+    prune_batch: int
+    prune_lr: float
+    calib: int
+
+
+PRUNE_KEYS = tuple(f.name for f in dataclasses.fields(PruneSettings))
 
 
 def prune_overrides(pairs: list[str], profile: dict) -> dict:
-    """``["prune_ft_steps=300", ...]`` -> ``{"prune_ft_steps": 300, ...}``, typed like ``profile``'s values."""
-    out = {}
-    for kv in pairs:
-        k, sep, v = kv.partition("=")
-        if not sep or k not in PRUNE_KEYS:
-            raise SystemExit(f"--prune takes K=V with K one of {', '.join(PRUNE_KEYS)}, got {kv!r}")
-        try:
-            out[k] = type(profile[k])(v)
-        except ValueError:
-            raise SystemExit(f"--prune {k} must be a {type(profile[k]).__name__} number, got {v!r}") from None
-    return out
+    """``["prune_ft_steps=300", ...]`` -> the profile's pruning keys with these values (checked, typed)."""
+    from prfdn_jax.config import ConfigError, override
+
+    try:
+        settings = override(PruneSettings(**{k: profile[k] for k in PRUNE_KEYS}), pairs)
+    except ConfigError as e:
+        raise SystemExit(str(e).replace("--set", "--prune")) from None
+    return dataclasses.asdict(settings)
 
 
 def prepared_data(shared: Path, work: Path, sets=TRAIN_SETS, smoke: bool = False, rescale=(1.0,)) -> Path:

@@ -62,3 +62,18 @@ def test_lossless_video_frames_equal_the_image_path(tmp_path, x4):
     assert res.frames == len(got) == len(frames) == 5 and got[0].shape == (96, 128, 3)
     for a, b in zip(got, frames):
         np.testing.assert_array_equal(a, upscale_array(x4, b, 4))
+
+
+def test_recipe_prune_overrides_are_typed_and_checked():
+    """``experiments/prfdn_x4.py --prune K=V``: typed like ``--set``, one-line refusals, the rest kept."""
+    from experiments import prfdn_x4
+
+    cpu = prfdn_x4.PROFILES["cpu"]
+    got = prfdn_x4.prune_overrides(["prune_ft_steps=250", "prune_patch=256", "prune_lr=1e-4"], cpu)
+    assert got == {**{k: cpu[k] for k in prfdn_x4.PRUNE_KEYS}, "prune_ft_steps": 250, "prune_patch": 256,
+                   "prune_lr": 1e-4}
+    assert isinstance(prfdn_x4.prune_overrides(["prune_lr=1"], cpu)["prune_lr"], float)
+    for bad, why in (("steps=3", "expected KEY=VALUE"), ("calib=x", "calib must be an integer")):
+        with pytest.raises(SystemExit, match=why) as e:
+            prfdn_x4.prune_overrides([bad], cpu)
+        assert "\n" not in str(e.value) and "--prune" in str(e.value)
