@@ -89,6 +89,21 @@ def prune_overrides(pairs: list[str], profile: dict) -> dict:
     return dataclasses.asdict(settings)
 
 
+def check_prune_settings(run: Path, p: dict, given: list[str], second_stage: bool) -> None:
+    """``--prune`` must take effect: refused for a second stage, and for a run already pruned otherwise
+    (the same command, with the same settings, still resumes)."""
+    if not given:
+        return
+    if second_stage:
+        raise SystemExit("--prune has no effect on a second stage (--start): it does not prune")
+    record = run / "prune.json"
+    if (run / "pruned.safetensors").is_file():
+        before = json.loads(record.read_text()) if record.is_file() else None
+        if before != {k: p[k] for k in PRUNE_KEYS}:
+            raise SystemExit(f"--prune: {run} was already pruned with other settings ({record.name}: {before}); "
+                             f"use a new --run")
+
+
 def prepared_data(shared: Path, work: Path, sets=TRAIN_SETS, smoke: bool = False, rescale=(1.0,)) -> Path:
     """The training pairs at x4 as a prepared dataset in ``work`` (made once), with the images also at each
     ``rescale`` factor when more than ``(1.0,)`` is given (``prfdn prepare --rescale``)."""
@@ -285,6 +300,7 @@ def main(argv=None) -> int:
     if a.ship:
         ship(shared, run, soup=tuple(a.soup))
         return 0
+    check_prune_settings(run, p, a.prune, bool(a.start) or (run / "start.safetensors").is_file())
     work = Path(a.work) if a.work else Path(__file__).resolve().parents[1] / "runs" / f"{run.name}_work"
     run.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,8 @@
 """prfdn-x4, the built-in made by this project (issue 16): ``--scale 4`` picks it, and its tiles, video and
 half precision behave as the other built-ins'. Tiny inputs; the quality figures are in tests/test_cli.py."""
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -77,3 +79,18 @@ def test_recipe_prune_overrides_are_typed_and_checked():
         with pytest.raises(SystemExit, match=why) as e:
             prfdn_x4.prune_overrides([bad], cpu)
         assert "\n" not in str(e.value) and "--prune" in str(e.value)
+
+
+def test_recipe_prune_overrides_must_take_effect(tmp_path):
+    """``--prune`` is refused where it would be ignored: a second stage, or a run pruned with other settings."""
+    from experiments import prfdn_x4
+
+    p = {**prfdn_x4.PROFILES["cpu"], **prfdn_x4.prune_overrides(["prune_ft_steps=250"], prfdn_x4.PROFILES["cpu"])}
+    prfdn_x4.check_prune_settings(tmp_path, p, ["prune_ft_steps=250"], False)  # nothing pruned yet
+    with pytest.raises(SystemExit, match="second stage"):
+        prfdn_x4.check_prune_settings(tmp_path, p, ["prune_ft_steps=250"], True)
+    (tmp_path / "pruned.safetensors").write_bytes(b"")
+    with pytest.raises(SystemExit, match="already pruned with other settings"):
+        prfdn_x4.check_prune_settings(tmp_path, p, ["prune_ft_steps=250"], False)
+    (tmp_path / "prune.json").write_text(json.dumps({k: p[k] for k in prfdn_x4.PRUNE_KEYS}))
+    prfdn_x4.check_prune_settings(tmp_path, p, ["prune_ft_steps=250"], False)  # the same command resumes
