@@ -15,7 +15,6 @@
 # 2026-12-04 flax 0.12.8 did not import with jax 0.11.2, and its flax 0.12.10 ran everything).
 # .gpu_data: Set5/Set14 (HR + x4 LR) and the training images that fit the 64 MiB carry (T91 and
 # General100 as lossless PNG, BSDS500_test200); BSD200 does not fit, so the GPU part trains on 341 of 541.
-# XLA_FLAGS is set empty: our CPU flag may be unknown to another jaxlib, and an unknown flag aborts XLA.
 set -u
 if [ "${1:-}" = "--make-carry" ]; then  # here, once: the two carried folders (git-ignored via .git/info/exclude)
   cd "$(dirname "$0")/.."; S=${PRFDN_SHARED:-../shared}; PY=${PYTHON:-python}
@@ -40,14 +39,7 @@ STAGE_ARGS=(--teacher rfdn-x4)
 STAGE_SETS=(patch=256 batch=8 lr=5e-5 schedule=cosine seed=303 loss=l2)
 OUT=${1:?usage: gpu_session.sh OUT [TOTAL_S] | gpu_session.sh --make-carry}
 TOTAL=${2:-570}
-START=$(date +%s)
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cd "$ROOT"
-mkdir -p "$OUT"
-exec > >(tee -a "$OUT/session.log") 2>&1
-left() { echo $((TOTAL - ($(date +%s) - START))); }
-PY=${PYTHON:-python3}
-export PYTHONUNBUFFERED=1 XLA_FLAGS=
+. "$(dirname "$0")/gpu_common.sh"  # ROOT (cwd), PY, left(), the log in OUT
 
 if [ -n "${PRFDN_SMOKE:-}" ]; then
   SHARED=${PRFDN_SHARED:-$ROOT/../shared}

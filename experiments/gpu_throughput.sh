@@ -24,14 +24,7 @@ if [ "${1:-}" = "--make-carry" ]; then
 fi
 OUT=${1:?usage: gpu_throughput.sh OUT [TOTAL_S] | gpu_throughput.sh --make-carry}
 TOTAL=${2:-420}
-START=$(date +%s)
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cd "$ROOT"
-mkdir -p "$OUT"
-exec > >(tee -a "$OUT/session.log") 2>&1
-left() { echo $((TOTAL - ($(date +%s) - START))); }
-PY=${PYTHON:-python3}
-export PYTHONUNBUFFERED=1 XLA_FLAGS=
+. "$(dirname "$0")/gpu_common.sh"  # ROOT (cwd), PY, left(), the log in OUT
 
 if [ -n "${PRFDN_SMOKE:-}" ]; then
   FOLDER_ARGS=(--images 4 --buckets off,auto)
