@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One lent-GPU call, prepared here and checked on the CPU first (PRFDN_SMOKE=1):
-#   1. versions, then experiments/gpu_inference.py unchanged (the deploy compiler on the GPU) -> OUT/gpu/;
-#   2. the prfdn-x4 finetune's latest stage (STAGE, below: its run folder and settings in one place) continued
+#   1. versions, then experiments/gpu_inference.py unchanged (the deploy compiler on the GPU) -> OUT/gpu/
+#      (INFERENCE=0 skips it: it ran on 2026-12-04, BENCHMARKS.md "GPU inference");
+#   2. a prfdn-x4 finetune stage (STAGE=NAME, default prfdn_x4_kd; its run folder and settings below) continued
 #      on the GPU until the deadline, paused with SIGINT (it checkpoints), and the workdir brought back as
 #      OUT/prfdn_x4_finetune.tar. STEPS beyond the stage's own restarts its cosine over a longer horizon (a
 #      warm restart). A distillation stage (--teacher) remakes its teacher pairs on the device first.
@@ -33,10 +34,13 @@ for s in ('T91', 'General100'):
         Image.open(f).save(Path('.gpu_data/data/train') / s / (f.stem + '.png'), optimize=True)" "$S"
   du -sh .whl .gpu_data; exit 0
 fi
-# The stage to continue: experiments/runs/$STAGE, with the settings it was started with (runs.jsonl).
+# The stage to continue: experiments/runs/$STAGE, with the settings it was started with (its runs.jsonl).
 STAGE=${STAGE:-prfdn_x4_kd}
-STAGE_ARGS=(--teacher rfdn-x4)
-STAGE_SETS=(patch=256 batch=8 lr=5e-5 schedule=cosine seed=303 loss=l2)
+case "$STAGE" in
+  prfdn_x4_kd) STAGE_ARGS=(--teacher rfdn-x4); STAGE_SETS=(patch=256 batch=8 lr=5e-5 schedule=cosine seed=303 loss=l2) ;;
+  prfdn_x4_gentle_s1) STAGE_ARGS=(); STAGE_SETS=(impl=dense) ;;  # the profile's constant lr 2e-4, batch 16, patch 128
+  *) echo "gpu_session.sh: unknown STAGE $STAGE (add its settings here)" >&2; exit 2 ;;
+esac
 OUT=${1:?usage: gpu_session.sh OUT [TOTAL_S] | gpu_session.sh --make-carry}
 TOTAL=${2:-570}
 . "$(dirname "$0")/gpu_common.sh"  # ROOT (cwd), PY, left(), the log in OUT
@@ -79,10 +83,12 @@ try:
     import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)
 except ImportError: print("torch missing")'
 
-echo "== 1. gpu_inference ($(left) s left)"
-timeout -k 10 $(( $(left) - 120 )) $PY experiments/gpu_inference.py --out "$OUT/gpu" "${GPU_ARGS[@]}" 2>&1 \
-  | tee "$OUT/gpu_inference.log"
-echo "gpu_inference exit ${PIPESTATUS[0]}"
+if [ "${INFERENCE:-1}" != 0 ]; then
+  echo "== 1. gpu_inference ($(left) s left)"
+  timeout -k 10 $(( $(left) - 120 )) $PY experiments/gpu_inference.py --out "$OUT/gpu" "${GPU_ARGS[@]}" 2>&1 \
+    | tee "$OUT/gpu_inference.log"
+  echo "gpu_inference exit ${PIPESTATUS[0]}"
+fi
 
 echo "== 2. prfdn-x4 finetune to step $STEPS ($(left) s left)"
 T=$(( $(left) - 30 ))
