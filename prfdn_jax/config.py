@@ -30,7 +30,9 @@ from typing import Any
 from prfdn_jax.fileio import no_such
 
 SCHEDULES = ("constant", "cosine", "multistep")
-LOSSES = ("l1", "l2")  # pixel loss: mean |SR - HR| (RFDN, PRFDN) or mean (SR - HR)^2 (a final PSNR finetune)
+# pixel loss: mean |SR - HR| (RFDN, PRFDN), mean (SR - HR)^2 (a final PSNR finetune), or l1_y: the mean of
+# the RGB L1 and the L1 of the BT.601 luma Y (what Y-PSNR measures)
+LOSSES = ("l1", "l2", "l1_y")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")  # auto: bfloat16 on GPU/TPU, float32 on CPU
 STAGES = ("rfdn", "branch", "reparam", "prune")
 IMPORTANCES = ("magnitude", "l1", "l2", "taylor", "random")  # prune_importance (Torch-Pruning's rankings)
@@ -73,7 +75,7 @@ class TrainConfig:
     b1: float = 0.9
     b2: float = 0.999
     clip_norm: float = 0.0           # global-norm gradient clipping (0: off)
-    loss: str = "l1"                 # 'l1' | 'l2' (see LOSSES)
+    loss: str = "l1"                 # 'l1' | 'l2' | 'l1_y' (see LOSSES)
     loss_norm: float = 255.0
     compute_dtype: str = "auto"      # forward/backward dtype: 'auto' | 'float32' | 'bfloat16' (params stay fp32)
     ema_decay: float = 0.0           # EMA of the parameters (e.g. 0.999; 0: off): validated, saved, returned

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["rgb_to_y", "psnr", "ssim", "evaluate_pair", "gaussian_kernel"]
+__all__ = ["Y_WEIGHTS", "rgb_to_y", "psnr", "ssim", "evaluate_pair", "gaussian_kernel"]
 
+Y_WEIGHTS = (65.481, 128.553, 24.966)  # BT.601 luma: Y = 16 + sum(w * C / 255), C in 0..255 (R, G, B)
 _C1 = (0.01 * 255) ** 2
 _C2 = (0.03 * 255) ** 2
 
@@ -25,12 +26,13 @@ def rgb_to_y(img: np.ndarray) -> np.ndarray:
     16..235, not rounded. An (H, W) input is treated as gray (R = G = B).
     """
     a = np.asarray(img, dtype=np.float64)
+    wr, wg, wb = Y_WEIGHTS
     if a.ndim == 2:
-        return 16.0 + (65.481 + 128.553 + 24.966) * (a / 255.0)
+        return 16.0 + (wr + wg + wb) * (a / 255.0)
     if a.ndim != 3 or a.shape[2] != 3:
         raise ValueError(f"rgb_to_y expects (H, W, 3) or (H, W), got shape {a.shape}")
     a = a / 255.0
-    return 16.0 + 65.481 * a[:, :, 0] + 128.553 * a[:, :, 1] + 24.966 * a[:, :, 2]
+    return 16.0 + wr * a[:, :, 0] + wg * a[:, :, 1] + wb * a[:, :, 2]
 
 
 def _prepare(a: np.ndarray, b: np.ndarray, crop: int, y_channel: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -28,6 +28,7 @@ from flax import nnx, struct
 
 from prfdn_jax.backends import choices, default_impl
 from prfdn_jax.config import COMPUTE_DTYPES, TrainConfig
+from prfdn_jax.metrics import Y_WEIGHTS
 
 __all__ = ["COMPUTE_DTYPES", "TrainState", "resolve_dtype", "resolve_impl", "make_schedule", "make_optimizer",
            "make_train_step", "cached_train_step", "ema_init", "init_state"]
@@ -147,9 +148,13 @@ def make_train_step(graphdef, rest, tx, loss_norm: float, repl, batch_sharding, 
         if cd != jnp.float32:
             params = jax.tree.map(lambda p: p.astype(cd), params)
         out = nnx.merge(graphdef, params, rest)(x)
+        diff = out.astype(jnp.float32) - y
         if loss == "l2":  # in (1/loss_norm) units, like the L1
-            return jnp.mean(jnp.square((out.astype(jnp.float32) - y) / loss_norm))
-        return jnp.mean(jnp.abs(out.astype(jnp.float32) - y)) / loss_norm
+            return jnp.mean(jnp.square(diff / loss_norm))
+        if loss == "l1_y":  # the RGB L1 and the luma's, equally weighted (Y's offset cancels in the difference)
+            dy = diff @ (jnp.asarray(Y_WEIGHTS, jnp.float32) / 255.0)
+            return (jnp.mean(jnp.abs(diff)) + jnp.mean(jnp.abs(dy))) / (2.0 * loss_norm)
+        return jnp.mean(jnp.abs(diff)) / loss_norm
 
     def step(state: TrainState, batch):
         params, ema = state.params, state.ema

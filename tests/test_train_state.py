@@ -16,6 +16,7 @@ from prfdn_jax import evaluate, train, train_step
 from prfdn_jax.blocks import torch_uniform
 from prfdn_jax.checkpoint import flat_params
 from prfdn_jax.config import load_config
+from prfdn_jax.metrics import rgb_to_y
 from prfdn_jax.networks import default_arch
 
 from helpers import ROOT, shared_path
@@ -61,9 +62,10 @@ def test_train_state_is_a_frozen_pytree_and_a_step_advances_it(cfg):
         np.testing.assert_allclose(e, 0.9 * np.asarray(p0) + 0.1 * np.asarray(p1), rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("loss", ["l1", "l2"])
+@pytest.mark.parametrize("loss", ["l1", "l2", "l1_y"])
 def test_the_step_loss_is_the_configured_pixel_loss(loss):
-    """``loss='l1'``: mean |SR - HR| / 255; ``'l2'``: mean ((SR - HR) / 255)^2, of the network before the step."""
+    """``loss='l1'``: mean |SR - HR| / 255; ``'l2'``: mean ((SR - HR) / 255)^2; ``'l1_y'``: the mean of the L1
+    and the luma's L1 (``metrics.rgb_to_y``, what Y-PSNR measures), of the network before the step."""
     repl, shard = _mesh()
     model = train.random_init(default_arch("rfdn", nf=4, scale=2, n_blocks=1))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -73,8 +75,12 @@ def test_the_step_loss_is_the_configured_pixel_loss(loss):
     lr, hr = rng.integers(0, 256, (2, 24, 24, 3), dtype=np.uint8), rng.integers(0, 256, (2, 48, 48, 3), dtype=np.uint8)
     _, metrics = step(train_step.init_state(params, tx, repl), {"lr": jax.device_put(lr, shard),
                                                                  "hr": jax.device_put(hr, shard)})
-    err = (np.asarray(model(jnp.asarray(lr, jnp.float32)), np.float64) - hr) / 255.0
-    want = np.mean(np.abs(err)) if loss == "l1" else np.mean(err ** 2)
+    sr = np.asarray(model(jnp.asarray(lr, jnp.float32)), np.float64)
+    err = (sr - hr) / 255.0
+    want = {"l1": np.mean(np.abs(err)), "l2": np.mean(err ** 2)}.get(loss)
+    if loss == "l1_y":
+        dy = np.stack([rgb_to_y(a) - rgb_to_y(b.astype(np.float64)) for a, b in zip(sr, hr)]) / 255.0
+        want = (np.mean(np.abs(err)) + np.mean(np.abs(dy))) / 2
     np.testing.assert_allclose(float(metrics["loss"]), want, rtol=1e-5)
 
 
