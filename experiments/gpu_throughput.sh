@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Issue 18's GPU measurements in one lent-GPU call, prepared here and checked on the CPU first (PRFDN_SMOKE=1):
 #   1. versions;
-#   2. `prfdn bench folder` (60 images of distinct sizes 100-400 px, first and second run, buckets off/auto/128,
-#      against one size) at float16 -> OUT/folder.txt, OUT/folder.json;
+#   2. `prfdn bench folder` (60 images of distinct sizes 100-400 px, first and second run, with and without buckets,
+#      against one size; on the device buckets off and auto) at float16 -> OUT/folder.txt, OUT/folder.json;
 #   3. the video pipeline at 1080x1920 -> 3840x2160, float16, against the network alone in the same run
 #      (experiments/video_pipeline.py) -> OUT/video.txt, OUT/video.json.
 # gpu_inference.py is not repeated here: it ran on 2026-12-04 (BENCHMARKS.md, "GPU inference").
 #
 #   here:    bash experiments/gpu_throughput.sh --make-carry      (makes .whl_video: PyAV for py3.12, 36 MB)
-#   device:  bash experiments/gpu_throughput.sh "$OUT" 420        (carry .whl_video)
+#   device:  bash experiments/gpu_throughput.sh "$OUT" 540        (carry .whl_video)
 #   CPU:     PRFDN_SMOKE=1 bash experiments/gpu_throughput.sh /tmp/gpu_throughput 300
 #
 # The device image has jax, flax, optax, numpy and pillow but not PyAV; `prfdn upscale` needs nothing else.
@@ -23,7 +23,7 @@ if [ "${1:-}" = "--make-carry" ]; then
   du -sh .whl_video; exit 0
 fi
 OUT=${1:?usage: gpu_throughput.sh OUT [TOTAL_S] | gpu_throughput.sh --make-carry}
-TOTAL=${2:-420}
+TOTAL=${2:-540}
 . "$(dirname "$0")/gpu_common.sh"  # ROOT (cwd), PY, left(), the log in OUT
 
 if [ -n "${PRFDN_SMOKE:-}" ]; then
@@ -34,7 +34,7 @@ else
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site_video .whl_video/*.whl
   fi
   export PYTHONPATH=$ROOT:/tmp/site_video
-  FOLDER_ARGS=()
+  FOLDER_ARGS=(--buckets off,auto)  # with and without buckets; 128 would add two GPU processes
   VIDEO_ARGS=(--size 1080x1920 --frames 60 --rounds 2)
 fi
 export PYTHONPATH=${PYTHONPATH:-$ROOT}
