@@ -1,4 +1,7 @@
-"""Make ``prfdn-x4``: the released B4S x4 -> reparam (exact) -> pruned to a MAC budget -> long finetune with EMA.
+"""Make ``prfdn-x4``: a released x4 branch model -> reparam (exact) -> pruned to a MAC budget -> finetune with EMA.
+
+``--source`` picks the released branch model: ``b4s`` (the default; 570,548 params, 277.7 GMAC at 540x960) or
+``b2`` (434,848 params, 215.1 GMAC: two branches of two RFDBs, no SRFDB); ``run/prune.json`` records it.
 
 One resumable run, in two folders:
 
@@ -43,7 +46,7 @@ import sys
 from pathlib import Path
 
 SCALE = 4
-WEIGHTS = ("weights", "rfdnb4s_branch_x4.pth")
+SOURCES = {"b4s": "rfdnb4s_branch_x4.pth", "b2": "rfdnb2_branch_x4.pth"}  # released x4 branch models (--source)
 TARGET_GMAC, SIZE = 58.5, (540, 960)  # prfdn-x2's 4K-output budget: 58.55 GMAC at 1080x1920 in, x2
 TRAIN_SETS = ("T91", "BSD200", "General100", "BSDS500_test200")
 PARETO_FIELDS = ("step", "ratio", "params", "gmac", "gmac_1080p", "psnr")
@@ -99,7 +102,7 @@ def check_prune_settings(run: Path, p: dict, given: list[str], second_stage: boo
     record = run / "prune.json"
     if (run / "pruned.safetensors").is_file():
         before = json.loads(record.read_text()) if record.is_file() else None
-        if before != {k: p[k] for k in PRUNE_KEYS}:
+        if before is None or {k: before.get(k) for k in PRUNE_KEYS} != {k: p[k] for k in PRUNE_KEYS}:
             raise SystemExit(f"--prune: {run} was already pruned with other settings ({record.name}: {before}); "
                              f"use a new --run")
 
@@ -134,8 +137,9 @@ def distilled_data(prepared: Path, teacher: str) -> Path:
     return out
 
 
-def prune_stage(shared: Path, run: Path, work: Path, prepared: Path, p: dict) -> None:
-    """Budgeted uniform Taylor pruning with a short finetune after every step -> run/pruned.safetensors."""
+def prune_stage(shared: Path, run: Path, work: Path, prepared: Path, p: dict, source: str = "b4s") -> None:
+    """Budgeted uniform Taylor pruning of the released ``source`` branch model (re-parametrized), with a short
+    finetune after every step -> run/pruned.safetensors."""
     import numpy as np
 
     from prfdn_jax import train
@@ -150,11 +154,11 @@ def prune_stage(shared: Path, run: Path, work: Path, prepared: Path, p: dict) ->
 
     for d in work.glob("prune_ft*"):  # a restarted pruning starts over: these belong to an earlier attempt
         shutil.rmtree(d)
-    wide = reparam(load_any(str(shared.joinpath(*WEIGHTS))))
+    wide = reparam(load_any(str(shared / "weights" / SOURCES[source])))
     b = next(make_iterator([str(prepared)], scale=SCALE, patch=p["prune_patch"], batch=p["calib"], seed=12345))
     calib = (b["lr"].astype(np.float32), b["hr"].astype(np.float32))
     val_items = load_eval_set(str(shared / "data" / "Set5"), SCALE, crop=96 if p["smoke"] else 0)
-    base = TrainConfig(layout="b4s", scale=SCALE, data_dirs=(str(prepared),), patch=p["prune_patch"],
+    base = TrainConfig(layout=wide.arch.layout, scale=SCALE, data_dirs=(str(prepared),), patch=p["prune_patch"],
                        batch=p["prune_batch"], lr=p["prune_lr"], log_every=max(p["prune_ft_steps"], 1),
                        ckpt_every=10**9, keep=1)
 
@@ -167,7 +171,7 @@ def prune_stage(shared: Path, run: Path, work: Path, prepared: Path, p: dict) ->
     pruned, history = prune_model(wide, ratio=p["prune_ratio"], steps=p["prune_steps"], uniform=True,
                                   importance="taylor", calib=calib, finetune=between, val=val,
                                   target_gmac=TARGET_GMAC, size=SIZE)
-    (run / "prune.json").write_text(json.dumps({k: p[k] for k in PRUNE_KEYS}, indent=1) + "\n")
+    (run / "prune.json").write_text(json.dumps({**{k: p[k] for k in PRUNE_KEYS}, "source": source}, indent=1) + "\n")
     with open(run / "pareto.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=PARETO_FIELDS, extrasaction="ignore")
         w.writeheader()
@@ -186,26 +190,39 @@ def finetune_stage(shared: Path, run: Path, prepared: Path, p: dict, overrides: 
     from prfdn_jax.config import TrainConfig, override
 
     vals = [str(shared / "data" / s) for s in ("Set5", "Set14")]
-    cfg = TrainConfig(layout="b4s", scale=SCALE, data_dirs=(str(prepared),), patch=p["patch"], batch=p["batch"],
+    model = load_model_file(start or run / "pruned.safetensors")
+    cfg = TrainConfig(layout=model.arch.layout, scale=SCALE, data_dirs=(str(prepared),), patch=p["patch"], batch=p["batch"],
                       lr=p["lr"], schedule="constant", ema_decay=p["ema"], log_every=p["log_every"],
                       ckpt_every=p["ckpt_every"], keep=1, val_dirs=tuple(vals), val_every=p["val_every"],
                       val_limit=2 if p["smoke"] else 0, steps=p["steps"], seed=100)
     if overrides:
         cfg = override(cfg, overrides)
     with train.stop_on_signals():  # SIGINT / SIGTERM: checkpoint the last step, then TrainingStopped
-        return train.train(cfg, run / "finetune", model=load_model_file(start or run / "pruned.safetensors"))
+        return train.train(cfg, run / "finetune", model=model)
 
 
 EVAL_SETS = ("Set5", "Set14", "Urban100")
 SHIPPED = Path(__file__).resolve().parents[1] / "prfdn_jax" / "weights" / "prfdn_x4.safetensors"
 
 
+def run_source(run: Path, given: str | None = None) -> str:
+    """The released network ``run`` was pruned from: its ``prune.json`` (b4s before it was recorded), else
+    ``given`` (a second stage, or a run not yet pruned), else b4s. A ``given`` that contradicts the record
+    is refused."""
+    record = run / "prune.json"
+    recorded = json.loads(record.read_text()).get("source", "b4s") if record.is_file() else None
+    if given and recorded and given != recorded:
+        raise SystemExit(f"--source {given}: {run} was pruned from {recorded}; use a new --run")
+    return recorded or given or "b4s"
+
+
 def pareto_png(run: Path) -> Path:
     """``run/pareto.png`` from ``run/pareto.csv`` (its ``psnr`` column is Set5's)."""
     from prfdn_jax import pareto
 
+    name = {"b4s": "B4S", "b2": "B2"}[run_source(run)]
     rows = [{("psnr_Set5" if k == "psnr" else k): v for k, v in r.items()} for r in pareto.read_csv(run / "pareto.csv")]
-    return pareto.plot(rows, run / "pareto.png", SIZE, title="prfdn-x4: budgeted pruning of the released B4S x4 "
+    return pareto.plot(rows, run / "pareto.png", SIZE, title=f"prfdn-x4: budgeted pruning of the released {name} x4 "
                                                             "(Taylor, 100 finetune steps a step)")
 
 
@@ -223,7 +240,7 @@ def average_weights(models: list):
     return nnx.merge(graphdef, mean)
 
 
-def ship(shared: Path, run: Path, dst: Path = SHIPPED, soup: tuple[str, ...] = ()) -> dict:
+def ship(shared: Path, run: Path, dst: Path = SHIPPED, soup: tuple[str, ...] = (), source: str | None = None) -> dict:
     """The finetune's latest EMA (``soup``: averaged with these weight files), evaluated like ``prfdn eval``
     (Y-PSNR, MATLAB-bicubic LR, ``scale`` border) on Set5/Set14/Urban100, written as a built-in model file;
     ``run/results.json`` gets the numbers."""
@@ -245,8 +262,8 @@ def ship(shared: Path, run: Path, dst: Path = SHIPPED, soup: tuple[str, ...] = (
             items = load_eval_set(str(shared / "data" / name), SCALE)
             psnr[name] = round(evaluate(model, items, SCALE, with_ssim=False)["psnr_y"], 3)
             print(f"[prfdn_x4] {name}: {psnr[name]:.3f} dB ({len(items)} images)", flush=True)
-    source = shared.joinpath(*WEIGHTS)
-    sha = hashlib.sha256(source.read_bytes()).hexdigest()
+    weights = SOURCES[run_source(run, source)]
+    sha = hashlib.sha256((shared / "weights" / weights).read_bytes()).hexdigest()
     s = summary(model, *SIZE)
     wall, prev = 0.0, 0.0  # elapsed_s restarts with every resumed run: sum the runs
     for r in (r for r in rows if int(r["step"]) <= step):
@@ -261,7 +278,7 @@ def ship(shared: Path, run: Path, dst: Path = SHIPPED, soup: tuple[str, ...] = (
     if soup:
         res["soup_sha256"] = {str(f): hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in soup}
         stage["soup"] = json.dumps(res["soup_sha256"])
-    save_model(dst, model, source=f"made by prfdn-jax (experiments/prfdn_x4.py) from {WEIGHTS[1]}",
+    save_model(dst, model, source=f"made by prfdn-jax (experiments/prfdn_x4.py) from {weights}",
                source_sha256=sha, finetune_step=str(step), psnr_y=json.dumps(psnr), **stage)
     (run / "results.json").write_text(json.dumps(res, indent=1) + "\n")
     if (run / "pareto.csv").is_file():  # the pruning run's (a second stage has none)
@@ -286,6 +303,8 @@ def main(argv=None) -> int:
                     help="train on the images at these sizes too (prfdn prepare --rescale; made once in --work)")
     ap.add_argument("--prune", nargs="*", default=[], metavar="K=V",
                     help="pruning overrides: " + ", ".join(PRUNE_KEYS) + " (e.g. prune_ft_steps=300 prune_patch=256)")
+    ap.add_argument("--source", choices=tuple(SOURCES), default=None,
+                    help="the released x4 branch model to prune (default b4s; a run keeps the one it was pruned from)")
     ap.add_argument("--start", default=None, help="a second stage: finetune from these weights (copied into the "
                                                   "run as start.safetensors; no pruning)")
     a = ap.parse_args(argv)
@@ -298,9 +317,10 @@ def main(argv=None) -> int:
     configure_xla_flags()
     shared, run = shared_root(a.shared), Path(a.run)
     if a.ship:
-        ship(shared, run, soup=tuple(a.soup))
+        ship(shared, run, soup=tuple(a.soup), source=a.source)
         return 0
     check_prune_settings(run, p, a.prune, bool(a.start) or (run / "start.safetensors").is_file())
+    source = run_source(run, a.source)
     work = Path(a.work) if a.work else Path(__file__).resolve().parents[1] / "runs" / f"{run.name}_work"
     run.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
@@ -315,7 +335,7 @@ def main(argv=None) -> int:
     if not start.is_file():
         start = None
         if not (run / "pruned.safetensors").is_file():
-            prune_stage(shared, run, work, prepared, p)
+            prune_stage(shared, run, work, prepared, p, source)
     from prfdn_jax.train import TrainingStopped
 
     try:

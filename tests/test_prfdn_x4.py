@@ -94,3 +94,18 @@ def test_recipe_prune_overrides_must_take_effect(tmp_path):
         prfdn_x4.check_prune_settings(tmp_path, p, ["prune_ft_steps=250"], False)
     (tmp_path / "prune.json").write_text(json.dumps({k: p[k] for k in prfdn_x4.PRUNE_KEYS}))
     prfdn_x4.check_prune_settings(tmp_path, p, ["prune_ft_steps=250"], False)  # the same command resumes
+
+
+def test_recipe_source_is_recorded_and_kept(tmp_path):
+    """``--source``: a run keeps the released network it was pruned from (b4s before it was recorded)."""
+    from experiments import prfdn_x4
+
+    assert prfdn_x4.run_source(tmp_path) == "b4s" and prfdn_x4.run_source(tmp_path, "b2") == "b2"
+    (tmp_path / "prune.json").write_text(json.dumps({"prune_ratio": 0.9}))  # an older record: b4s
+    assert prfdn_x4.run_source(tmp_path) == "b4s"
+    (tmp_path / "prune.json").write_text(json.dumps({"prune_ratio": 0.9, "source": "b2"}))
+    assert prfdn_x4.run_source(tmp_path) == prfdn_x4.run_source(tmp_path, "b2") == "b2"
+    with pytest.raises(SystemExit, match="was pruned from b2") as e:
+        prfdn_x4.run_source(tmp_path, "b4s")
+    assert "\n" not in str(e.value)
+    assert set(prfdn_x4.SOURCES) == {"b4s", "b2"}
