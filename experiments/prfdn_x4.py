@@ -191,7 +191,8 @@ def finetune_stage(shared: Path, run: Path, prepared: Path, p: dict, overrides: 
 
     vals = [str(shared / "data" / s) for s in ("Set5", "Set14")]
     model = load_model_file(start or run / "pruned.safetensors")
-    cfg = TrainConfig(layout=model.arch.layout, scale=SCALE, data_dirs=(str(prepared),), patch=p["patch"], batch=p["batch"],
+    cfg = TrainConfig(layout=model.arch.layout, scale=SCALE, data_dirs=(str(prepared),), patch=p["patch"],
+                      batch=p["batch"],
                       lr=p["lr"], schedule="constant", ema_decay=p["ema"], log_every=p["log_every"],
                       ckpt_every=p["ckpt_every"], keep=1, val_dirs=tuple(vals), val_every=p["val_every"],
                       val_limit=2 if p["smoke"] else 0, steps=p["steps"], seed=100)
