@@ -192,8 +192,7 @@ def finetune_stage(shared: Path, run: Path, prepared: Path, p: dict, overrides: 
     vals = [str(shared / "data" / s) for s in ("Set5", "Set14")]
     model = load_model_file(start or run / "pruned.safetensors")
     cfg = TrainConfig(layout=model.arch.layout, scale=SCALE, data_dirs=(str(prepared),), patch=p["patch"],
-                      batch=p["batch"],
-                      lr=p["lr"], schedule="constant", ema_decay=p["ema"], log_every=p["log_every"],
+                      batch=p["batch"], lr=p["lr"], schedule="constant", ema_decay=p["ema"], log_every=p["log_every"],
                       ckpt_every=p["ckpt_every"], keep=1, val_dirs=tuple(vals), val_every=p["val_every"],
                       val_limit=2 if p["smoke"] else 0, steps=p["steps"], seed=100)
     if overrides:
@@ -221,7 +220,7 @@ def pareto_png(run: Path) -> Path:
     """``run/pareto.png`` from ``run/pareto.csv`` (its ``psnr`` column is Set5's)."""
     from prfdn_jax import pareto
 
-    name = {"b4s": "B4S", "b2": "B2"}[run_source(run)]
+    name = run_source(run).upper()
     rows = [{("psnr_Set5" if k == "psnr" else k): v for k, v in r.items()} for r in pareto.read_csv(run / "pareto.csv")]
     return pareto.plot(rows, run / "pareto.png", SIZE, title=f"prfdn-x4: budgeted pruning of the released {name} x4 "
                                                             "(Taylor, 100 finetune steps a step)")
@@ -241,10 +240,11 @@ def average_weights(models: list):
     return nnx.merge(graphdef, mean)
 
 
-def ship(shared: Path, run: Path, dst: Path = SHIPPED, soup: tuple[str, ...] = (), source: str | None = None) -> dict:
+def ship(shared: Path, run: Path, dst: Path = SHIPPED, soup: tuple[str, ...] = ()) -> dict:
     """The finetune's latest EMA (``soup``: averaged with these weight files), evaluated like ``prfdn eval``
     (Y-PSNR, MATLAB-bicubic LR, ``scale`` border) on Set5/Set14/Urban100, written as a built-in model file;
-    ``run/results.json`` gets the numbers."""
+    ``run/results.json`` gets the numbers. The source release is named by the network's layout (a second
+    stage has no ``prune.json``; the layout cannot disagree with the weights)."""
     import hashlib
 
     from prfdn_jax.checkpoint import load_model_file, save_model
@@ -253,6 +253,7 @@ def ship(shared: Path, run: Path, dst: Path = SHIPPED, soup: tuple[str, ...] = (
     from prfdn_jax.workdir import load_workdir_model
 
     model = load_workdir_model(run / "finetune")
+    weights = SOURCES[model.arch.layout]
     if soup:
         model = average_weights([model, *(load_model_file(f) for f in soup)])
     rows = list(csv.DictReader(open(run / "finetune" / "metrics.csv")))
@@ -263,7 +264,6 @@ def ship(shared: Path, run: Path, dst: Path = SHIPPED, soup: tuple[str, ...] = (
             items = load_eval_set(str(shared / "data" / name), SCALE)
             psnr[name] = round(evaluate(model, items, SCALE, with_ssim=False)["psnr_y"], 3)
             print(f"[prfdn_x4] {name}: {psnr[name]:.3f} dB ({len(items)} images)", flush=True)
-    weights = SOURCES[run_source(run, source)]
     sha = hashlib.sha256((shared / "weights" / weights).read_bytes()).hexdigest()
     s = summary(model, *SIZE)
     wall, prev = 0.0, 0.0  # elapsed_s restarts with every resumed run: sum the runs
@@ -305,7 +305,8 @@ def main(argv=None) -> int:
     ap.add_argument("--prune", nargs="*", default=[], metavar="K=V",
                     help="pruning overrides: " + ", ".join(PRUNE_KEYS) + " (e.g. prune_ft_steps=300 prune_patch=256)")
     ap.add_argument("--source", choices=tuple(SOURCES), default=None,
-                    help="the released x4 branch model to prune (default b4s; a run keeps the one it was pruned from)")
+                    help="the released x4 branch model to prune (default b4s; a run keeps the one it was pruned from; "
+                         "--ship reads it from the network's layout)")
     ap.add_argument("--start", default=None, help="a second stage: finetune from these weights (copied into the "
                                                   "run as start.safetensors; no pruning)")
     a = ap.parse_args(argv)
@@ -318,7 +319,7 @@ def main(argv=None) -> int:
     configure_xla_flags()
     shared, run = shared_root(a.shared), Path(a.run)
     if a.ship:
-        ship(shared, run, soup=tuple(a.soup), source=a.source)
+        ship(shared, run, soup=tuple(a.soup))
         return 0
     check_prune_settings(run, p, a.prune, bool(a.start) or (run / "start.safetensors").is_file())
     source = run_source(run, a.source)
