@@ -1,7 +1,8 @@
 """Make ``prfdn-x4``: a released x4 branch model -> reparam (exact) -> pruned to a MAC budget -> finetune with EMA.
 
-``--source`` picks the released branch model: ``b4s`` (the default; 570,548 params, 277.7 GMAC at 540x960) or
-``b2`` (434,848 params, 215.1 GMAC: two branches of two RFDBs, no SRFDB); ``run/prune.json`` records it.
+``--source`` picks the released x4 network: ``b4s`` (the default; 570,548 params, 277.7 GMAC at 540x960),
+``b2`` (434,848 params, 215.1 GMAC: two branches of two RFDBs, no SRFDB; the shipped prfdn-x4's) or ``rfdn``
+(RFDN itself, 433,448 params, 214.4 GMAC: four RFDBs in sequence, one branch); ``run/prune.json`` records it.
 
 One resumable run, in two folders:
 
@@ -46,7 +47,8 @@ import sys
 from pathlib import Path
 
 SCALE = 4
-SOURCES = {"b4s": "rfdnb4s_branch_x4.pth", "b2": "rfdnb2_branch_x4.pth"}  # released x4 branch models (--source)
+# the released x4 networks --source prunes: two branch models and RFDN itself (one branch)
+SOURCES = {"b4s": "rfdnb4s_branch_x4.pth", "b2": "rfdnb2_branch_x4.pth", "rfdn": "rfdn_aim_x4.pth"}
 TARGET_GMAC, SIZE = 58.5, (540, 960)  # prfdn-x2's 4K-output budget: 58.55 GMAC at 1080x1920 in, x2
 TRAIN_SETS = ("T91", "BSD200", "General100", "BSDS500_test200")
 PARETO_FIELDS = ("step", "ratio", "params", "gmac", "gmac_1080p", "psnr")
@@ -305,7 +307,7 @@ def main(argv=None) -> int:
     ap.add_argument("--prune", nargs="*", default=[], metavar="K=V",
                     help="pruning overrides: " + ", ".join(PRUNE_KEYS) + " (e.g. prune_ft_steps=300 prune_patch=256)")
     ap.add_argument("--source", choices=tuple(SOURCES), default=None,
-                    help="the released x4 branch model to prune (default b4s; a run keeps the one it was pruned from; "
+                    help="the released x4 network to prune (default b4s; a run keeps the one it was pruned from; "
                          "--ship reads it from the network's layout)")
     ap.add_argument("--start", default=None, help="a second stage: finetune from these weights (copied into the "
                                                   "run as start.safetensors; no pruning)")

@@ -12,6 +12,7 @@ from prfdn_jax import registry
 from prfdn_jax.deploy import deploy
 from prfdn_jax.inference import upscale_array
 from prfdn_jax.metrics import psnr as _psnr
+from prfdn_jax.spec import LAYOUTS
 
 
 @pytest.fixture(scope="module")
@@ -108,4 +109,5 @@ def test_recipe_source_is_recorded_and_kept(tmp_path):
     with pytest.raises(SystemExit, match="was pruned from b2") as e:
         prfdn_x4.run_source(tmp_path, "b4s")
     assert "\n" not in str(e.value)
-    assert set(prfdn_x4.SOURCES) == {"b4s", "b2"}
+    assert set(prfdn_x4.SOURCES) == {"b4s", "b2", "rfdn"}
+    assert set(prfdn_x4.SOURCES) <= set(LAYOUTS)  # --ship names the source from the network's layout
