@@ -1,4 +1,4 @@
-"""Make ``prfdn-x4``: a released x4 branch model -> reparam (exact) -> pruned to a MAC budget -> finetune with EMA.
+"""Make ``prfdn-x4``: a released x4 network -> reparam (exact) -> pruned to a MAC budget -> finetune with EMA.
 
 ``--source`` picks the released x4 network: ``b4s`` (the default; 570,548 params, 277.7 GMAC at 540x960),
 ``b2`` (434,848 params, 215.1 GMAC: two branches of two RFDBs, no SRFDB; the shipped prfdn-x4's) or ``rfdn``
@@ -140,7 +140,7 @@ def distilled_data(prepared: Path, teacher: str) -> Path:
 
 
 def prune_stage(shared: Path, run: Path, work: Path, prepared: Path, p: dict, source: str = "b4s") -> None:
-    """Budgeted uniform Taylor pruning of the released ``source`` branch model (re-parametrized), with a short
+    """Budgeted uniform Taylor pruning of the released ``source`` network (re-parametrized), with a short
     finetune after every step -> run/pruned.safetensors."""
     import numpy as np
 
