@@ -41,6 +41,7 @@ case "$STAGE" in
   prfdn_x4_gentle_s1) STAGE_ARGS=(); STAGE_SETS=(impl=dense) ;;  # the profile's constant lr 2e-4, batch 16, patch 128
   prfdn_x4_b2) STAGE_ARGS=(); STAGE_SETS=(impl=dense) ;;  # B2 pruned: the same first-stage recipe
   prfdn_x4_b2_p256) STAGE_ARGS=(); STAGE_SETS=(patch=256 batch=8 lr=1e-4 schedule=cosine seed=101 impl=dense) ;;
+  prfdn_x4_b2_cos) STAGE_ARGS=(); STAGE_SETS=(lr=1e-4 schedule=cosine seed=102 impl=dense) ;;  # the shipped stage
   *) echo "gpu_session.sh: unknown STAGE $STAGE (add its settings here)" >&2; exit 2 ;;
 esac
 OUT=${1:?usage: gpu_session.sh OUT [TOTAL_S] | gpu_session.sh --make-carry}

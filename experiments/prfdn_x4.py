@@ -255,6 +255,8 @@ def ship(shared: Path, run: Path, dst: Path = SHIPPED, soup: tuple[str, ...] = (
     from prfdn_jax.workdir import load_workdir_model
 
     model = load_workdir_model(run / "finetune")
+    if model.arch.layout not in SOURCES:
+        raise SystemExit(f"{run} holds a {model.arch.layout} network, not one pruned from {', '.join(SOURCES)}")
     weights = SOURCES[model.arch.layout]
     if soup:
         model = average_weights([model, *(load_model_file(f) for f in soup)])
