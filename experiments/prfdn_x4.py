@@ -207,6 +207,26 @@ EVAL_SETS = ("Set5", "Set14", "Urban100")
 SHIPPED = Path(__file__).resolve().parents[1] / "prfdn_jax" / "weights" / "prfdn_x4.safetensors"
 
 
+def copy_start(src: Path, dst: Path, widen_esa: int | None = None) -> None:
+    """``src`` -> ``dst`` (a second stage's ``start.safetensors``), its ESAs first widened to ``widen_esa``
+    channels if given (the same function, more capacity: :mod:`prfdn_jax.widen`)."""
+    import shutil
+
+    if not widen_esa:
+        shutil.copyfile(src, dst)
+        return
+    from prfdn_jax.checkpoint import model_from_flat, read_model_file, save_model
+    from prfdn_jax.widen import WidenError, widen_esa as widen
+
+    arch, flat, meta = read_model_file(src)
+    try:
+        arch, flat = widen(arch, flat, widen_esa)
+    except WidenError as e:
+        raise SystemExit(f"--widen-esa {widen_esa}: {e}") from None
+    keep = {k: v for k, v in meta.items() if k not in ("format", "arch")}
+    save_model(dst, model_from_flat(arch, flat), **keep, widened=f"esa={widen_esa} from {src.name}")
+
+
 def run_source(run: Path, given: str | None = None) -> str:
     """The released network ``run`` was pruned from: its ``prune.json`` (b4s before it was recorded), else
     ``given`` (a second stage, or a run not yet pruned), else b4s. A ``given`` that contradicts the record
@@ -313,6 +333,8 @@ def main(argv=None) -> int:
                          "--ship reads it from the network's layout)")
     ap.add_argument("--start", default=None, help="a second stage: finetune from these weights (copied into the "
                                                   "run as start.safetensors; no pruning)")
+    ap.add_argument("--widen-esa", type=int, default=None, metavar="F",
+                    help="with --start: widen every ESA to F inner channels first (exact: prfdn_jax.widen)")
     a = ap.parse_args(argv)
     p = dict(PROFILES["cpu_smoke" if a.cpu_smoke else "cpu"], smoke=a.cpu_smoke)
     if a.steps is not None:
@@ -334,10 +356,10 @@ def main(argv=None) -> int:
     if a.teacher:
         prepared = distilled_data(prepared, a.teacher)
     start = run / "start.safetensors"
+    if a.widen_esa and not a.start:
+        raise SystemExit("--widen-esa widens the weights of a second stage: give --start")
     if a.start and not start.is_file():
-        import shutil
-
-        shutil.copyfile(a.start, start)
+        copy_start(Path(a.start), start, a.widen_esa)
     if not start.is_file():
         start = None
         if not (run / "pruned.safetensors").is_file():

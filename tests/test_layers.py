@@ -26,7 +26,7 @@ LAYERS = {
     3: ("prfdn_jax.config", "prfdn_jax.inference", "prfdn_jax.macs", "prfdn_jax.prepare", "prfdn_jax.workdir"),
     4: ("converters", "prfdn_jax.checkpoint", "prfdn_jax.configs", "prfdn_jax.evaluate", "prfdn_jax.runlog",
         "prfdn_jax.train_step", "prfdn_jax.video"),
-    5: ("prfdn_jax.registry", "prfdn_jax.reparam", "prfdn_jax.train"),
+    5: ("prfdn_jax.registry", "prfdn_jax.reparam", "prfdn_jax.train", "prfdn_jax.widen"),
     6: ("prfdn_jax.deploy", "prfdn_jax.prune"),
     7: ("prfdn_jax.export", "prfdn_jax.pipeline"),
     8: ("prfdn_jax.bench", "prfdn_jax.bench_folder", "prfdn_jax.verify"),
