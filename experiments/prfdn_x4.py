@@ -207,24 +207,24 @@ EVAL_SETS = ("Set5", "Set14", "Urban100")
 SHIPPED = Path(__file__).resolve().parents[1] / "prfdn_jax" / "weights" / "prfdn_x4.safetensors"
 
 
-def copy_start(src: Path, dst: Path, widen_esa: int | None = None) -> None:
-    """``src`` -> ``dst`` (a second stage's ``start.safetensors``), its ESAs first widened to ``widen_esa``
-    channels if given (the same function, more capacity: :mod:`prfdn_jax.widen`)."""
+def copy_start(src: Path, dst: Path, esa: int | None = None, distilled: int | None = None) -> None:
+    """``src`` -> ``dst`` (a second stage's ``start.safetensors``), first widened (ESA inner width ``esa``,
+    distilled width ``distilled``) if either is given: the same function, more capacity (:mod:`prfdn_jax.widen`)."""
     import shutil
 
-    if not widen_esa:
+    if not (esa or distilled):
         shutil.copyfile(src, dst)
         return
     from prfdn_jax.checkpoint import model_from_flat, read_model_file, save_model
-    from prfdn_jax.widen import WidenError, widen_esa as widen
+    from prfdn_jax.widen import WidenError, widen
 
     arch, flat, meta = read_model_file(src)
     try:
-        arch, flat = widen(arch, flat, widen_esa)
+        arch, flat = widen(arch, flat, esa=esa, distilled=distilled)
     except WidenError as e:
-        raise SystemExit(f"--widen-esa {widen_esa}: {e}") from None
+        raise SystemExit(f"--widen-esa/--widen-distilled: {e}") from None
     keep = {k: v for k, v in meta.items() if k not in ("format", "arch")}
-    save_model(dst, model_from_flat(arch, flat), **keep, widened=f"esa={widen_esa} from {src.name}")
+    save_model(dst, model_from_flat(arch, flat), **keep, widened=f"esa={esa} distilled={distilled} from {src.name}")
 
 
 def run_source(run: Path, given: str | None = None) -> str:
@@ -335,6 +335,8 @@ def main(argv=None) -> int:
                                                   "run as start.safetensors; no pruning)")
     ap.add_argument("--widen-esa", type=int, default=None, metavar="F",
                     help="with --start: widen every ESA to F inner channels first (exact: prfdn_jax.widen)")
+    ap.add_argument("--widen-distilled", type=int, default=None, metavar="D",
+                    help="with --start: widen every distilled conv (c1_d .. c4) to D channels first (exact)")
     a = ap.parse_args(argv)
     p = dict(PROFILES["cpu_smoke" if a.cpu_smoke else "cpu"], smoke=a.cpu_smoke)
     if a.steps is not None:
@@ -356,10 +358,10 @@ def main(argv=None) -> int:
     if a.teacher:
         prepared = distilled_data(prepared, a.teacher)
     start = run / "start.safetensors"
-    if a.widen_esa and not a.start:
-        raise SystemExit("--widen-esa widens the weights of a second stage: give --start")
+    if (a.widen_esa or a.widen_distilled) and not a.start:
+        raise SystemExit("--widen-esa/--widen-distilled widen the weights of a second stage: give --start")
     if a.start and not start.is_file():
-        copy_start(Path(a.start), start, a.widen_esa)
+        copy_start(Path(a.start), start, a.widen_esa, a.widen_distilled)
     if not start.is_file():
         start = None
         if not (run / "pruned.safetensors").is_file():

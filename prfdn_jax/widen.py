@@ -1,16 +1,20 @@
-"""Function-preserving widening of ESA: give a pruned network back width where it is cheap.
+"""Function-preserving widening: give a pruned network back width where it is cheap.
 
-Uniform pruning takes the same share of every layer, but the layers do not cost the same: ESA's inner
-convs run on ``f`` channels, most of them after a stride-2 conv and a 7x7/3 max-pool, so in a pruned x4
-network of 25-channel branches ``f = 6 -> 12`` costs 1.5 GMAC at 540x960 (2.7 %) where one channel more
-on the trunk would cost 8 %. :func:`widen_esa` is the exact step from a pruned network to the wider one:
+Uniform pruning takes the same share of every layer, but the layers do not cost the same. In a pruned x4
+network of 25-channel branches, one trunk channel more costs about 8 % more MACs, while
 
-* every ESA inner conv (``conv1`` ... ``conv3_``, ``conv_f``) gets ``f`` outputs, ``conv4`` reads ``f``;
-* the old weights keep their place, the new ones start from the network's own initialiser (``seed``);
-* the weights from a new channel into an old one are zero, and so are ``conv4``'s rows for the new
-  channels, so the widened network computes exactly what the narrow one did (tested) until finetuned.
+* ESA's inner convs (``esa=F``: ``conv1`` ... ``conv3_`` and ``conv_f`` get ``F`` outputs, ``conv4`` reads
+  ``F``) run mostly after a stride-2 conv and a 7x7/3 max-pool: ``F = 6 -> 12`` costs 2.7 %;
+* the distilled convs (``distilled=D``: ``c1_d`` ... ``c{n}_d`` and ``c4`` get ``D`` outputs, ``c5`` reads
+  the wider concat) are 1x1 convs but for ``c4``: ``D = 12 -> 14`` costs 3.1 %.
 
-Works on every form (the channel axes are a kernel's last two and a bias's last, branch-stacked or not).
+:func:`widen` is the exact step from the pruned network to the wider one. The old weights keep their
+places; the new ones start from the network's own initialiser (``seed``); every weight from a new channel
+into an old one is zero, and so are the rows of ``conv4`` and ``c5`` that read new channels. So the wider
+network computes exactly what the pruned one did (tested) until it is finetuned.
+
+Works on branch and wide forms (a kernel's channel axes are its last two, a bias's its last, stacked over
+branches or not), and for ``esa`` on the merged form too (its ``cat_p`` permutes the distilled concat).
 """
 
 from __future__ import annotations
@@ -23,9 +27,7 @@ from flax import nnx
 from prfdn_jax.checkpoint import flat_params
 from prfdn_jax.networks import build
 from prfdn_jax.spec import ESA_CONVS, Arch
-
-# ESA convs whose output is an inner channel (widened to f); conv4 maps the inner channels back.
-_INNER_OUT = tuple(c for c in ESA_CONVS if c != "conv4")
+from prfdn_jax.spec.topology import block_steps, distilled_names
 
 
 class WidenError(ValueError):
@@ -37,27 +39,61 @@ def esa_prefixes(arch: Arch) -> list[str]:
     return sorted({k[: -len("conv1")] for k in arch.w if k.endswith("esa.conv1")})
 
 
-def widened_arch(arch: Arch, f: int) -> Arch:
-    """``arch`` with every ESA's inner width ``f`` (refuses to narrow: that is pruning's job)."""
+def block_prefixes(arch: Arch) -> list[str]:
+    """``['srfdb.', 'stages.0.', ...]``: every RFDB/SRFDB."""
+    return [p[: -len("esa.")] for p in esa_prefixes(arch)]
+
+
+def _set(w: dict, name: str, new: tuple[int, int], what: str) -> None:
+    cin, cout = w[name]
+    if new[0] < cin or new[1] < cout:
+        raise WidenError(f"{name} is {cin}->{cout} wide; {what} would narrow it")
+    w[name] = new
+
+
+def widened_arch(arch: Arch, esa: int | None = None, distilled: int | None = None) -> Arch:
+    """``arch`` with every ESA ``esa`` and every distilled conv ``distilled`` channels wide (never narrower)."""
     w = dict(arch.w)
-    prefixes = esa_prefixes(arch)
-    if not prefixes:
-        raise WidenError("the network has no ESA to widen")
-    for p in prefixes:
-        for c in ESA_CONVS:
-            cin, cout = w[p + c]
-            new = (cin if c == "conv1" else f, cout if c == "conv4" else f)
-            if new[0] < cin or new[1] < cout:
-                raise WidenError(f"{p}{c} is {cin}->{cout} wide; f={f} would narrow it")
-            w[p + c] = new
+    if not esa_prefixes(arch):
+        raise WidenError("the network has no RFDB to widen")
+    for p in block_prefixes(arch):
+        if esa:
+            for c in ESA_CONVS:
+                cin, cout = w[f"{p}esa.{c}"]
+                _set(w, f"{p}esa.{c}", (cin if c == "conv1" else esa, cout if c == "conv4" else esa), f"esa={esa}")
+        if distilled:
+            if p + "cat_p" in w:
+                raise WidenError("distilled widths of a merged network (its cat_p permutes them): widen the wide "
+                                 "network, then merge")
+            names = distilled_names(block_steps(w, p))
+            for c in names:
+                _set(w, p + c, (w[p + c][0], distilled), f"distilled={distilled}")
+            _set(w, p + "c5", (distilled * len(names), w[p + "c5"][1]), f"distilled={distilled}")
     return Arch.make(arch.form, arch.layout, arch.scale, w)
 
 
-def widen_esa(arch: Arch, flat: Mapping[str, np.ndarray], f: int, seed: int = 0
-              ) -> tuple[Arch, dict[str, np.ndarray]]:
-    """``(arch, flat)`` -> the same function with ESA ``f`` channels wide; see the module docstring."""
-    new_arch = widened_arch(arch, f)
+def _reading_rows(old: Arch, new: Arch) -> dict[str, list[tuple[int, int, int]]]:
+    """Convs whose input grows inside: ``{conv: [(old start, new start, length) of the old channels]}``;
+    every other input row of theirs reads a new channel and starts at zero."""
+    rows = {}
+    for p in block_prefixes(old):
+        rows[f"{p}esa.conv4"] = [(0, 0, old.w[f"{p}esa.conv4"][0])]
+        names = distilled_names(block_steps(old.w, p))
+        if p + "cat_p" not in old.w:
+            o_off = n_off = 0
+            rows[p + "c5"] = []
+            for c in names:
+                rows[p + "c5"].append((o_off, n_off, old.w[p + c][1]))
+                o_off, n_off = o_off + old.w[p + c][1], n_off + new.w[p + c][1]
+    return rows
+
+
+def widen(arch: Arch, flat: Mapping[str, np.ndarray], *, esa: int | None = None, distilled: int | None = None,
+          seed: int = 0) -> tuple[Arch, dict[str, np.ndarray]]:
+    """``(arch, flat)`` -> the same function, wider (see the module docstring)."""
+    new_arch = widened_arch(arch, esa, distilled)
     fresh = flat_params(build(new_arch, nnx.Rngs(seed)))
+    rows = _reading_rows(arch, new_arch)
     out = {}
     for k, new in fresh.items():
         old = np.asarray(flat[k])
@@ -68,16 +104,22 @@ def widen_esa(arch: Arch, flat: Mapping[str, np.ndarray], f: int, seed: int = 0
         w = np.array(new, dtype=old.dtype)
         if leaf == "bias":
             w[..., : old.shape[-1]] = old
+        elif conv in rows:  # reads new channels: only the old rows, moved to their new places
+            co = old.shape[-1]
+            w[..., :co] = 0.0
+            for o, n, length in rows[conv]:
+                w[..., n:n + length, :co] = old[..., o:o + length, :]
         else:
             ci, co = old.shape[-2:]
             w[..., :ci, :co] = old
-            if not conv.endswith("esa.conv1"):
-                w[..., ci:, :co] = 0.0  # a new channel never reaches an old one
+            w[..., ci:, :co] = 0.0  # a new channel never reaches an old one
         out[k] = w
-    for p in esa_prefixes(arch):  # conv4 reads the new channels with zero weights: ESA's mask is unchanged
-        k = p + "conv4.kernel"
-        out[k][..., arch.w[p + "conv4"][0]:, :] = 0.0
     return new_arch, out
 
 
-__all__ = ["WidenError", "esa_prefixes", "widen_esa", "widened_arch"]
+def widen_esa(arch: Arch, flat: Mapping[str, np.ndarray], f: int, seed: int = 0):
+    """:func:`widen` of the ESAs only."""
+    return widen(arch, flat, esa=f, seed=seed)
+
+
+__all__ = ["WidenError", "block_prefixes", "esa_prefixes", "widen", "widen_esa", "widened_arch"]

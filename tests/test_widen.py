@@ -1,4 +1,4 @@
-"""widen_esa: the wider network computes exactly what the pruned one did, on every form; it refuses to narrow."""
+"""widen: the wider network computes exactly what the pruned one did, on every form; it refuses to narrow."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -9,30 +9,47 @@ from prfdn_jax.checkpoint import flat_params, model_from_flat
 from prfdn_jax.macs import macs, params
 from prfdn_jax.networks import build
 from prfdn_jax.reparam import reparam
-from prfdn_jax.widen import WidenError, esa_prefixes, widen_esa
+from prfdn_jax.widen import WidenError, block_prefixes, widen
+
+NETS = {
+    "wide": lambda: reparam(build(random_branch_arch(0, "b2", 4))),  # the shipped prfdn-x4's form
+    "branch": lambda: build(random_branch_arch(1, "b4s", 2)),         # with an SRFDB
+    "merged": lambda: build(random_merged_arch(2, "b4s", 3)),         # free-pruned
+}
 
 
-def _nets():
-    yield reparam(build(random_branch_arch(0, "b2", 4)))       # wide (the shipped prfdn-x4's form)
-    yield build(random_branch_arch(1, "b4s", 2))                 # branch, with an SRFDB
-    yield build(random_merged_arch(2, "b4s", 3))             # merged (free-pruned)
+def _widest(arch, part: str) -> int:
+    names = [k for k, _ in arch.widths if part in k and not k.endswith(("conv4", "c5", "c_r"))]
+    return 1 + max(max(arch.w[k]) for k in names)
 
 
-@pytest.mark.parametrize("net", list(_nets()), ids=["wide", "branch", "merged"])
-def test_widen_esa_is_exact(net):
-    f = 1 + max(max(w) for k, w in net.arch.widths if ".esa." in k and not k.endswith("conv4"))
-    arch, flat = widen_esa(net.arch, flat_params(net), f, seed=3)
+@pytest.mark.parametrize("form,what", [("wide", "esa"), ("wide", "distilled"), ("branch", "both"),
+                                       ("merged", "esa")])
+def test_widen_is_exact(form, what):
+    net = NETS[form]()
+    kw = {"esa": _widest(net.arch, ".esa.")} if what in ("esa", "both") else {}
+    if what in ("distilled", "both"):
+        kw["distilled"] = 1 + max(net.arch.w[p + "c4"][1] for p in block_prefixes(net.arch))
+    arch, flat = widen(net.arch, flat_params(net), seed=3, **kw)
     wide = model_from_flat(arch, flat)
-    for p in esa_prefixes(arch):
-        assert arch.w[p + "conv2"] == (f, f) and arch.w[p + "conv4"][0] == f
-        assert arch.w[p + "conv4"][1] == net.arch.w[p + "conv4"][1]  # ESA's output width is the block's
+    for p in block_prefixes(arch):
+        if "esa" in kw:
+            assert arch.w[p + "esa.conv2"] == (kw["esa"], kw["esa"]) and arch.w[p + "esa.conv4"][0] == kw["esa"]
+        if "distilled" in kw:
+            assert arch.w[p + "c4"][1] == kw["distilled"] and arch.w[p + "c5"] != net.arch.w[p + "c5"]
+        assert arch.w[p + "c5"][1] == net.arch.w[p + "c5"][1]  # a block's output width is the trunk's
     x = jnp.asarray(random_image(20, 23))
     ref = np.asarray(net(x))
     np.testing.assert_allclose(np.asarray(wide(x)), ref, rtol=0, atol=1e-4 * np.abs(ref).max())
     assert params(wide) > params(net) and macs(wide, 40, 40)["total"] > macs(net, 40, 40)["total"]
 
 
-def test_widen_esa_refuses_to_narrow():
-    net = reparam(build(random_branch_arch(0, "b2", 4)))
+def test_widen_refuses_to_narrow_and_merged_distilled():
+    net = NETS["wide"]()
     with pytest.raises(WidenError, match="would narrow"):
-        widen_esa(net.arch, flat_params(net), 1)
+        widen(net.arch, flat_params(net), esa=1)
+    with pytest.raises(WidenError, match="would narrow"):
+        widen(net.arch, flat_params(net), distilled=1)
+    merged = NETS["merged"]()
+    with pytest.raises(WidenError, match="merged"):
+        widen(merged.arch, flat_params(merged), distilled=20)
