@@ -262,14 +262,32 @@ def average_weights(models: list):
     return nnx.merge(graphdef, mean)
 
 
+def soup_ingredient(path: str) -> tuple:
+    """``(model, identity)`` of a ``--soup`` item: a weight file (identity: its SHA-256) or a run folder (its
+    finetune's EMA at the latest checkpoint; identity: ``EMA at step N``)."""
+    import hashlib
+
+    from prfdn_jax.checkpoint import load_model_file
+    from prfdn_jax.workdir import load_workdir_model
+
+    p = Path(path)
+    if (p / "finetune").is_dir():
+        step = max(int(d.name) for d in (p / "finetune" / "checkpoints").iterdir() if d.name.isdigit())
+        return load_workdir_model(p / "finetune"), f"EMA at step {step}"
+    if not p.is_file():
+        raise SystemExit(f"--soup {path}: neither a weight file nor a run folder with finetune/")
+    return load_model_file(p), hashlib.sha256(p.read_bytes()).hexdigest()
+
+
 def ship(shared: Path, run: Path, dst: Path = SHIPPED, soup: tuple[str, ...] = ()) -> dict:
-    """The finetune's latest EMA (``soup``: averaged with these weight files), evaluated like ``prfdn eval``
-    (Y-PSNR, MATLAB-bicubic LR, ``scale`` border) on Set5/Set14/Urban100, written as a built-in model file;
+    """The finetune's latest EMA (``soup``: averaged with these weight files or run folders' EMAs), evaluated
+    like ``prfdn eval`` (Y-PSNR, MATLAB-bicubic LR, ``scale`` border) on Set5/Set14/Urban100, written as a
+    built-in model file;
     ``run/results.json`` gets the numbers. The source release is named by the network's layout (a second
     stage has no ``prune.json``; the layout cannot disagree with the weights)."""
     import hashlib
 
-    from prfdn_jax.checkpoint import load_model_file, save_model
+    from prfdn_jax.checkpoint import save_model
     from prfdn_jax.evaluate import evaluate, load_eval_set
     from prfdn_jax.macs import summary
     from prfdn_jax.workdir import load_workdir_model
@@ -278,8 +296,11 @@ def ship(shared: Path, run: Path, dst: Path = SHIPPED, soup: tuple[str, ...] = (
     if model.arch.layout not in SOURCES:
         raise SystemExit(f"{run} holds a {model.arch.layout} network, not one pruned from {', '.join(SOURCES)}")
     weights = SOURCES[model.arch.layout]
+    ingredients = {str(f): soup_ingredient(f) for f in soup}
+    if any(m.arch != model.arch for m, _ in ingredients.values()):
+        raise SystemExit("--soup: every ingredient must have the run's architecture")
     if soup:
-        model = average_weights([model, *(load_model_file(f) for f in soup)])
+        model = average_weights([model, *(m for m, _ in ingredients.values())])
     rows = list(csv.DictReader(open(run / "finetune" / "metrics.csv")))
     step = max(int(d.name) for d in (run / "finetune" / "checkpoints").iterdir() if d.name.isdigit())
     psnr = {}
@@ -301,8 +322,8 @@ def ship(shared: Path, run: Path, dst: Path = SHIPPED, soup: tuple[str, ...] = (
         digest = hashlib.sha256((run / "start.safetensors").read_bytes()).hexdigest()
         res["start_sha256"] = stage["start_sha256"] = digest
     if soup:
-        res["soup_sha256"] = {str(f): hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in soup}
-        stage["soup"] = json.dumps(res["soup_sha256"])
+        res["soup"] = {f: ident for f, (_, ident) in ingredients.items()}  # a file's SHA-256 or a run's EMA step
+        stage["soup"] = json.dumps(res["soup"])
     save_model(dst, model, source=f"made by prfdn-jax (experiments/prfdn_x4.py) from {weights}",
                source_sha256=sha, finetune_step=str(step), psnr_y=json.dumps(psnr), **stage)
     (run / "results.json").write_text(json.dumps(res, indent=1) + "\n")
@@ -321,7 +342,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cpu-smoke", action="store_true")
     ap.add_argument("--ship", action="store_true", help="write the finetune's EMA as the built-in prfdn-x4 and stop")
     ap.add_argument("--soup", nargs="*", default=[], metavar="W",
-                    help="with --ship: average the EMA with these weight files (e.g. RUN/start.safetensors)")
+                    help="with --ship: average the EMA with these weight files (e.g. RUN/start.safetensors) or "
+                         "run folders (their finetune's EMA)")
     ap.add_argument("--set", nargs="*", default=[], metavar="K=V", help="finetune config overrides")
     ap.add_argument("--teacher", default=None, help="distil from this built-in model (mixed with the ground truth)")
     ap.add_argument("--rescale", type=float, nargs="+", default=[1.0], metavar="F",

@@ -128,3 +128,17 @@ def test_recipe_widened_start_is_the_same_function(tmp_path, x4):
     with pytest.raises(SystemExit, match="would narrow") as e:
         prfdn_x4.copy_start(src, tmp_path / "narrow.safetensors", esa=3)
     assert "\n" not in str(e.value) and not (tmp_path / "narrow.safetensors").exists()
+
+
+def test_recipe_soup_ingredients(tmp_path):
+    """``--soup`` takes weight files (named by SHA-256) or run folders (their EMA); anything else is one line."""
+    import hashlib
+
+    from experiments import prfdn_x4
+
+    src = registry.info("prfdn-x4").path
+    model, ident = prfdn_x4.soup_ingredient(str(src))
+    assert ident == hashlib.sha256(src.read_bytes()).hexdigest() and model.arch.layout == "b2"
+    with pytest.raises(SystemExit, match="neither a weight file nor a run folder") as e:
+        prfdn_x4.soup_ingredient(str(tmp_path / "missing"))
+    assert "\n" not in str(e.value)
