@@ -52,8 +52,8 @@ from torch import nn
 
 from converters.state_dict import arrays, torch_state_dict
 from converters.torch_modules import MERGED_LAYOUTS, MergedNet, WideNet
-from prfdn_jax.config import IMPORTANCES
-from prfdn_jax.spec import Arch, StateDictError, arch_from_state_dict
+from prfdn_jax.config import IMPORTANCES, PRUNE_KEEP
+from prfdn_jax.spec import ESA_CONVS, Arch, StateDictError, arch_from_state_dict
 from prfdn_jax.state_dict import flat_from_wide_state_dict, flat_params_from_state_dict
 
 # Element-wise autograd ops the reference networks use; anything else in the traced graph is refused.
@@ -145,6 +145,23 @@ def _non_roots(module: WideNet) -> set[nn.Module]:
     return out
 
 
+def kept_convs(module: nn.Module, keep: tuple[str, ...]) -> list[nn.Module]:
+    """The convs of ``module`` whose outputs a pruning with ``keep`` (names from ``PRUNE_KEEP``) leaves whole."""
+    bad = [k for k in keep if k not in PRUNE_KEEP]
+    if bad:
+        raise PruningError(f"unknown --keep {bad[0]!r}; choose from {', '.join(PRUNE_KEEP)}")
+    out = []
+    for name, m in module.named_modules():
+        parts = name.split(".")
+        if not isinstance(m, nn.Conv2d) or len(parts) < 2:
+            continue
+        in_esa = parts[-2] == "esa"
+        if ("esa" in keep and in_esa and parts[-1] in ESA_CONVS and parts[-1] != "conv4"
+                or "distilled" in keep and not in_esa and re.fullmatch(r"c\d+_d|c4", parts[-1])):
+            out.append(m)
+    return out
+
+
 def make_importance(name: str):
     """Torch-Pruning importance: 'magnitude' (= 'l2', group L2 norm, TP's default), 'l1', 'taylor'
     (|w * dL/dw|, needs calibration data), 'random'."""
@@ -187,12 +204,13 @@ class TorchPruner:
     without changing the module objects TP's graph refers to.
 
     ``protect_output=False`` leaves the conv feeding PixelShuffle prunable: only to demonstrate the
-    trap (``check`` then refuses the result).
+    trap (``check`` then refuses the result). ``keep`` names conv families (``config.PRUNE_KEEP``) whose
+    outputs are not pruned (a pruning ratio of 0 for them); their inputs still follow the trunk.
     """
 
     def __init__(self, module: nn.Module, *, ratio: float, steps: int, importance: str = "magnitude",
                  example_size: int = 24, calib: tuple[np.ndarray, np.ndarray] | None = None,
-                 protect_output: bool = True):
+                 protect_output: bool = True, keep: tuple[str, ...] = ()):
         import torch_pruning as tp
 
         if not isinstance(module, (MergedNet, WideNet)):
@@ -206,7 +224,7 @@ class TorchPruner:
         self.example = torch.rand(1, 3, example_size, example_size) * 255
         multi = self.uniform and module.branches > 1
         self.min_keep = 2 if multi else 1
-        kw = {}
+        kw = {"pruning_ratio_dict": {m: 0.0 for m in kept_convs(module, tuple(keep))}}
         if self.uniform:
             for m in module.modules():
                 if isinstance(m, nn.Conv2d) and m.groups > 1 and m.out_channels == m.groups:
@@ -334,4 +352,4 @@ def prune_torch(module: nn.Module, *, ratio: float, steps: int = 1, importance: 
 
 
 __all__ = ["IMPORTANCES", "PruningError", "TorchPruner", "check_graph", "check_prune_args", "from_torch",
-           "make_importance", "prune_torch", "to_torch", "wide_arch"]
+           "kept_convs", "make_importance", "prune_torch", "to_torch", "wide_arch"]

@@ -56,11 +56,11 @@ PARETO_FIELDS = ("step", "ratio", "params", "gmac", "gmac_1080p", "psnr")
 PROFILES = {
     # pruning: uniform (stays a grouped wide net), Taylor importance, 0.05 of the channels per step
     "cpu": dict(prune_ratio=0.9, prune_steps=18, prune_ft_steps=100, calib=16, prune_batch=8, prune_patch=128,
-                prune_lr=2e-4, steps=100_000, batch=16, patch=128, lr=2e-4, ema=0.999, log_every=100, ckpt_every=250,
-                val_every=2000),
+                prune_lr=2e-4, prune_keep="", steps=100_000, batch=16, patch=128, lr=2e-4, ema=0.999, log_every=100,
+                ckpt_every=250, val_every=2000),
     "cpu_smoke": dict(prune_ratio=0.9, prune_steps=18, prune_ft_steps=2, calib=2, prune_batch=2, prune_patch=64,
-                      prune_lr=2e-4, steps=6, batch=2, patch=64, lr=2e-4, ema=0.9, log_every=2, ckpt_every=3,
-                      val_every=3),
+                      prune_lr=2e-4, prune_keep="", steps=6, batch=2, patch=64, lr=2e-4, ema=0.9, log_every=2,
+                      ckpt_every=3, val_every=3),
 }
 
 
@@ -78,9 +78,11 @@ class PruneSettings:
     prune_batch: int
     prune_lr: float
     calib: int
+    prune_keep: str = ""  # conv families left whole, comma-separated (config.PRUNE_KEEP: esa, distilled)
 
 
 PRUNE_KEYS = tuple(f.name for f in dataclasses.fields(PruneSettings))
+PRUNE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PruneSettings) if f.default is not dataclasses.MISSING}
 
 
 def prune_overrides(pairs: list[str], profile: dict) -> dict:
@@ -91,6 +93,11 @@ def prune_overrides(pairs: list[str], profile: dict) -> dict:
         settings = override(PruneSettings(**{k: profile[k] for k in PRUNE_KEYS}), pairs)
     except ConfigError as e:
         raise SystemExit(str(e).replace("--set", "--prune")) from None
+    from prfdn_jax.config import PRUNE_KEEP
+
+    bad = [k for k in settings.prune_keep.split(",") if k and k not in PRUNE_KEEP]
+    if bad:
+        raise SystemExit(f"bad --prune prune_keep: {bad[0]!r}; choose from {', '.join(PRUNE_KEEP)}")
     return dataclasses.asdict(settings)
 
 
@@ -104,7 +111,8 @@ def check_prune_settings(run: Path, p: dict, given: list[str], second_stage: boo
     record = run / "prune.json"
     if (run / "pruned.safetensors").is_file():
         before = json.loads(record.read_text()) if record.is_file() else None
-        if before is None or {k: before.get(k) for k in PRUNE_KEYS} != {k: p[k] for k in PRUNE_KEYS}:
+        was = {k: before.get(k, PRUNE_DEFAULTS.get(k)) for k in PRUNE_KEYS} if before else None
+        if was != {k: p[k] for k in PRUNE_KEYS}:
             raise SystemExit(f"--prune: {run} was already pruned with other settings ({record.name}: {before}); "
                              f"use a new --run")
 
@@ -172,7 +180,8 @@ def prune_stage(shared: Path, run: Path, work: Path, prepared: Path, p: dict, so
 
     pruned, history = prune_model(wide, ratio=p["prune_ratio"], steps=p["prune_steps"], uniform=True,
                                   importance="taylor", calib=calib, finetune=between, val=val,
-                                  target_gmac=TARGET_GMAC, size=SIZE)
+                                  target_gmac=TARGET_GMAC, size=SIZE,
+                                  keep=tuple(k for k in p["prune_keep"].split(",") if k))
     (run / "prune.json").write_text(json.dumps({**{k: p[k] for k in PRUNE_KEYS}, "source": source}, indent=1) + "\n")
     with open(run / "pareto.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=PARETO_FIELDS, extrasaction="ignore")

@@ -36,6 +36,9 @@ LOSSES = ("l1", "l2", "l1_y")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")  # auto: bfloat16 on GPU/TPU, float32 on CPU
 STAGES = ("rfdn", "branch", "reparam", "prune")
 IMPORTANCES = ("magnitude", "l1", "l2", "taylor", "random")  # prune_importance (Torch-Pruning's rankings)
+# conv families a pruning may keep at full width (prfdn prune --keep): ESA's inner convs (conv1 ... conv3_,
+# conv_f: the trunk it reads and writes is still pruned) and the distilled convs (c1_d ... c4)
+PRUNE_KEEP = ("esa", "distilled")
 PACKAGED = "prfdn_jax.configs"  # the only module names load_config imports
 
 

@@ -83,13 +83,13 @@ def prune_model(model: nnx.Module, *, ratio: float, steps: int, uniform: bool = 
                 importance: str = "magnitude", finetune: Callable | None = None, val: Callable | None = None,
                 calib=None, seed: int = 0, target_gmac: float | None = None, target_params: int | None = None,
                 size: tuple[int, int] = (1080, 1920), measure: Callable | None = None,
-                progress: Callable[[dict], None] | None = None) -> tuple[nnx.Module, list[dict]]:
+                progress: Callable | None = None, keep: tuple[str, ...] = ()) -> tuple[nnx.Module, list[dict]]:
     """Prune ``model``'s channels by ``ratio`` in ``steps`` iterative Torch-Pruning steps.
 
     ratio: target fraction of channels removed from every dependency group (local ranking; step k
       removes up to ``ratio * k / steps`` of the initial width; every group keeps >= 1 channel, >= 2
-      per branch in uniform mode). importance: 'magnitude' (= 'l2'), 'l1', 'taylor' (needs ``calib =
-      (lr, hr)``, NHWC float arrays in [0, 255]) or 'random'. uniform: see the module doc.
+      per branch in uniform mode; ``keep``: conv families left whole, ``config.PRUNE_KEEP``). importance:
+      'magnitude' (= 'l2'), 'l1', 'taylor' (``calib = (lr, hr)``, NHWC, 0-255) or 'random'. uniform: module doc.
     finetune: ``finetune(model, step) -> model`` called after each step (the widths must not change).
     val: ``val(model) -> PSNR`` recorded in the history; measure: ``measure(model) -> dict`` merged into
       every history entry (e.g. :func:`prfdn_jax.pareto.measurer`: latency and PSNR per set);
@@ -123,7 +123,7 @@ def prune_model(model: nnx.Module, *, ratio: float, steps: int, uniform: bool = 
         form = "merged"
     torch.manual_seed(seed)
     module = to_torch(work)
-    session = TorchPruner(module, ratio=ratio, steps=steps, importance=importance, calib=calib)
+    session = TorchPruner(module, ratio=ratio, steps=steps, importance=importance, calib=calib, keep=tuple(keep))
     history = [record(0, work, val, size, measure, ratio=0.0)]
     if progress is not None:
         progress(history[0])

@@ -76,7 +76,9 @@ def test_recipe_prune_overrides_are_typed_and_checked():
     assert got == {**{k: cpu[k] for k in prfdn_x4.PRUNE_KEYS}, "prune_ft_steps": 250, "prune_patch": 256,
                    "prune_lr": 1e-4}
     assert isinstance(prfdn_x4.prune_overrides(["prune_lr=1"], cpu)["prune_lr"], float)
-    for bad, why in (("steps=3", "expected KEY=VALUE"), ("calib=x", "calib must be an integer")):
+    assert prfdn_x4.prune_overrides(["prune_keep=esa,distilled"], cpu)["prune_keep"] == "esa,distilled"
+    for bad, why in (("steps=3", "expected KEY=VALUE"), ("calib=x", "calib must be an integer"),
+                     ("prune_keep=c5", "prune_keep: 'c5'")):
         with pytest.raises(SystemExit, match=why) as e:
             prfdn_x4.prune_overrides([bad], cpu)
         assert "\n" not in str(e.value) and "--prune" in str(e.value)

@@ -254,6 +254,22 @@ def test_bad_arguments():
         prune_model(m, ratio=0.5, steps=1, importance="taylor")
 
 
+@pytest.mark.parametrize("keep,uniform", [(("esa",), True), (("distilled",), True), (("esa", "distilled"), False)])
+def test_keep_leaves_a_conv_family_whole(keep, uniform):
+    """``keep``: the family's outputs stay at full width while the trunk they read shrinks; still exact."""
+    m = _small("b4s", nf=16)
+    pruned, _ = prune_model(m, ratio=0.5, steps=1, uniform=uniform, keep=keep)
+    before, after = (wide_to_merged(m) if not uniform else m).arch.w, pruned.arch.w
+    esa = [k for k in after if ".esa." in k and not k.endswith("conv4")]
+    distilled = [k for k in after if k.rsplit(".", 1)[-1] in ("c1_d", "c2_d", "c3_d", "c4")]
+    for k in esa + distilled:
+        family = "esa" if k in esa else "distilled"
+        assert (after[k][1] == before[k][1]) == (family in keep), k
+    assert after["fea"][1] < before["fea"][1]  # the trunk shrank
+    with pytest.raises(PruningError, match="unknown --keep 'c5'"):
+        prune_model(m, ratio=0.5, steps=1, keep=("c5",))
+
+
 @pytest.mark.parametrize("importance", ["l1", "random", "taylor"])
 def test_other_importances(importance):
     m = _small("b2")

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prfdn_jax.commands.common import CLIError, check_model_dst, check_outputs, eval_set
-from prfdn_jax.config import IMPORTANCES
+from prfdn_jax.config import IMPORTANCES, PRUNE_KEEP
 from prfdn_jax.extras import require_torch
 
 HELP = "prune a network with Torch-Pruning, to a ratio or a GMAC/params budget (needs the torch extra)"
@@ -49,6 +49,9 @@ def add_arguments(q) -> None:
     q.add_argument("--importance", default=DEFAULT_IMPORTANCE, choices=IMPORTANCES,
                    help=f"how channels are ranked for removal (Torch-Pruning importance; default {DEFAULT_IMPORTANCE}, "
                         "on a batch of --data patches, else of --val images; magnitude wrecks this family)")
+    q.add_argument("--keep", nargs="+", default=[], choices=PRUNE_KEEP,
+                   help="conv families left at full width: esa (ESA's inner convs: cheap, most run after its "
+                        "stride-2 conv and max-pool), distilled (c1_d ... c4); the trunk they read still shrinks")
     q.add_argument("--finetune-steps", type=int, default=0, metavar="N",
                    help="training steps after each pruning step to recover quality (needs --data; default 0)")
     q.add_argument("--data", nargs="+", metavar="DIR", help="training images for finetuning")
@@ -228,7 +231,8 @@ def run(args) -> int:
     pruned, history = prune_model(model, ratio=ratio, steps=steps, uniform=uniform, importance=args.importance,
                                   calib=calib, finetune=finetune_fn, target_gmac=args.target_gmac,
                                   target_params=args.target_params, size=size,
-                                  measure=pareto.measurer(size, val_sets), progress=report)
+                                  measure=pareto.measurer(size, val_sets), progress=report,
+                                  keep=tuple(args.keep))
     n0, n1 = params_of(model), history[-1]["params"]
     print(f"parameters {n0:,} -> {n1:,} ({100 * (n1 - n0) / n0:+.1f}% against {args.src})")
     if not finetune_fn:
