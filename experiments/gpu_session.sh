@@ -2,10 +2,10 @@
 # One lent-GPU call, prepared here and checked on the CPU first (PRFDN_SMOKE=1):
 #   1. versions, then experiments/gpu_inference.py unchanged (the deploy compiler on the GPU) -> OUT/gpu/
 #      (INFERENCE=0 skips it: it ran on 2026-12-04, BENCHMARKS.md "GPU inference");
-#   2. a prfdn-x4 finetune stage (STAGE=NAME, default prfdn_x4_b2; its run folder and settings below) continued
-#      on the GPU until the deadline, paused with SIGINT (it checkpoints), and the workdir brought back as
-#      OUT/prfdn_x4_finetune.tar. STEPS beyond the stage's own restarts its cosine over a longer horizon (a
-#      warm restart). A distillation stage (--teacher) remakes its teacher pairs on the device first.
+#   2. a prfdn-x4 finetune stage (STAGE=NAME, default prfdn_x4_b2_keepesa; its run folder and settings
+#      below) continued on the GPU until the deadline, paused with SIGINT (it checkpoints), and the workdir
+#      brought back as OUT/prfdn_x4_finetune.tar. STEPS beyond the stage's own restarts its cosine over a
+#      longer horizon (a warm restart). A distillation stage (--teacher) remakes its teacher pairs on the device first.
 #
 #   here:    bash experiments/gpu_session.sh --make-carry      (makes .whl and .gpu_data, 54 MB)
 #   device:  bash experiments/gpu_session.sh "$OUT" 570        (carry .whl and .gpu_data)
@@ -35,13 +35,14 @@ for s in ('T91', 'General100'):
   du -sh .whl .gpu_data; exit 0
 fi
 # The stage to continue: experiments/runs/$STAGE, with the settings it was started with (its runs.jsonl).
-STAGE=${STAGE:-prfdn_x4_b2}
+STAGE=${STAGE:-prfdn_x4_b2_keepesa}
 case "$STAGE" in
   prfdn_x4_kd) STAGE_ARGS=(--teacher rfdn-x4); STAGE_SETS=(patch=256 batch=8 lr=5e-5 schedule=cosine seed=303 loss=l2) ;;
   prfdn_x4_gentle_s1) STAGE_ARGS=(); STAGE_SETS=(impl=dense) ;;  # the profile's constant lr 2e-4, batch 16, patch 128
   prfdn_x4_b2) STAGE_ARGS=(); STAGE_SETS=(impl=dense) ;;  # B2 pruned: the same first-stage recipe
   prfdn_x4_b2_p256) STAGE_ARGS=(); STAGE_SETS=(patch=256 batch=8 lr=1e-4 schedule=cosine seed=101 impl=dense) ;;
-  prfdn_x4_b2_cos) STAGE_ARGS=(); STAGE_SETS=(lr=1e-4 schedule=cosine seed=102 impl=dense) ;;  # the shipped stage
+  prfdn_x4_b2_cos) STAGE_ARGS=(); STAGE_SETS=(lr=1e-4 schedule=cosine seed=102 impl=dense) ;;
+  prfdn_x4_b2_keepesa) STAGE_ARGS=(); STAGE_SETS=(impl=dense) ;;  # B2 pruned with ESA whole: the first-stage recipe
   *) echo "gpu_session.sh: unknown STAGE $STAGE (add its settings here)" >&2; exit 2 ;;
 esac
 OUT=${1:?usage: gpu_session.sh OUT [TOTAL_S] | gpu_session.sh --make-carry}
