@@ -221,17 +221,17 @@ def copy_start(src: Path, dst: Path, esa: int | None = None, distilled: int | No
     distilled width ``distilled``) if either is given: the same function, more capacity (:mod:`prfdn_jax.widen`)."""
     import shutil
 
-    if not (esa or distilled):
-        shutil.copyfile(src, dst)
-        return
-    from prfdn_jax.checkpoint import model_from_flat, read_model_file, save_model
+    from prfdn_jax.checkpoint import WeightsError, model_from_flat, read_model_file, save_model
     from prfdn_jax.widen import WidenError, widen
 
-    arch, flat, meta = read_model_file(src)
     try:
+        arch, flat, meta = read_model_file(src)  # checked even when only copied
+        if not (esa or distilled):
+            shutil.copyfile(src, dst)
+            return
         arch, flat = widen(arch, flat, esa=esa, distilled=distilled)
-    except WidenError as e:
-        raise SystemExit(f"--widen-esa/--widen-distilled: {e}") from None
+    except (WeightsError, WidenError) as e:
+        raise SystemExit(f"--start {src}: {e}") from None
     keep = {k: v for k, v in meta.items() if k not in ("format", "arch")}
     save_model(dst, model_from_flat(arch, flat), **keep, widened=f"esa={esa} distilled={distilled} from {src.name}")
 
@@ -279,20 +279,24 @@ def soup_ingredient(path: str) -> tuple:
     from prfdn_jax.checkpoint import load_model_file
     from prfdn_jax.workdir import load_workdir_model
 
+    from prfdn_jax.checkpoint import WeightsError
+
     p = Path(path)
     if (p / "finetune").is_dir():
         step = max(int(d.name) for d in (p / "finetune" / "checkpoints").iterdir() if d.name.isdigit())
         return load_workdir_model(p / "finetune"), f"EMA at step {step}"
     if not p.is_file():
         raise SystemExit(f"--soup {path}: neither a weight file nor a run folder with finetune/")
-    return load_model_file(p), hashlib.sha256(p.read_bytes()).hexdigest()
+    try:
+        return load_model_file(p), hashlib.sha256(p.read_bytes()).hexdigest()
+    except WeightsError as e:
+        raise SystemExit(f"--soup {e}") from None
 
 
 def ship(shared: Path, run: Path, dst: Path = SHIPPED, soup: tuple[str, ...] = ()) -> dict:
     """The finetune's latest EMA (``soup``: averaged with these weight files or run folders' EMAs), evaluated
     like ``prfdn eval`` (Y-PSNR, MATLAB-bicubic LR, ``scale`` border) on Set5/Set14/Urban100, written as a
-    built-in model file;
-    ``run/results.json`` gets the numbers. The source release is named by the network's layout (a second
+    built-in model file; ``run/results.json`` gets the numbers. The source release is named by the network's layout (a second
     stage has no ``prune.json``; the layout cannot disagree with the weights)."""
     import hashlib
 

@@ -117,9 +117,4 @@ def widen(arch: Arch, flat: Mapping[str, np.ndarray], *, esa: int | None = None,
     return new_arch, out
 
 
-def widen_esa(arch: Arch, flat: Mapping[str, np.ndarray], f: int, seed: int = 0):
-    """:func:`widen` of the ESAs only."""
-    return widen(arch, flat, esa=f, seed=seed)
-
-
-__all__ = ["WidenError", "block_prefixes", "esa_prefixes", "widen", "widen_esa", "widened_arch"]
+__all__ = ["WidenError", "block_prefixes", "esa_prefixes", "widen", "widened_arch"]

@@ -130,6 +130,11 @@ def test_recipe_widened_start_is_the_same_function(tmp_path, x4):
     with pytest.raises(SystemExit, match="would narrow") as e:
         prfdn_x4.copy_start(src, tmp_path / "narrow.safetensors", esa=3)
     assert "\n" not in str(e.value) and not (tmp_path / "narrow.safetensors").exists()
+    (tmp_path / "bad.safetensors").write_bytes(b"not weights")
+    for esa in (None, 12):
+        with pytest.raises(SystemExit, match="not a readable safetensors") as e:
+            prfdn_x4.copy_start(tmp_path / "bad.safetensors", tmp_path / "out.safetensors", esa=esa)
+        assert "\n" not in str(e.value) and not (tmp_path / "out.safetensors").exists()
 
 
 def test_recipe_soup_ingredients(tmp_path):
@@ -143,4 +148,8 @@ def test_recipe_soup_ingredients(tmp_path):
     assert ident == hashlib.sha256(src.read_bytes()).hexdigest() and model.arch.layout == "b2"
     with pytest.raises(SystemExit, match="neither a weight file nor a run folder") as e:
         prfdn_x4.soup_ingredient(str(tmp_path / "missing"))
+    assert "\n" not in str(e.value)
+    (tmp_path / "bad.safetensors").write_bytes(b"not weights")
+    with pytest.raises(SystemExit, match="not a readable safetensors") as e:
+        prfdn_x4.soup_ingredient(str(tmp_path / "bad.safetensors"))
     assert "\n" not in str(e.value)
