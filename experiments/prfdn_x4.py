@@ -226,6 +226,7 @@ def copy_start(src: Path, dst: Path, esa: int | None = None, distilled: int | No
 
     try:
         arch, flat, meta = read_model_file(src)  # checked even when only copied
+        dst.parent.mkdir(parents=True, exist_ok=True)
         if not (esa or distilled):
             shutil.copyfile(src, dst)
             return
@@ -387,16 +388,16 @@ def main(argv=None) -> int:
     check_prune_settings(run, p, a.prune, bool(a.start) or (run / "start.safetensors").is_file())
     source = run_source(run, a.source)
     work = Path(a.work) if a.work else Path(__file__).resolve().parents[1] / "runs" / f"{run.name}_work"
+    start = run / "start.safetensors"
+    if (a.widen_esa or a.widen_distilled) and not a.start:
+        raise SystemExit("--widen-esa/--widen-distilled widen the weights of a second stage: give --start")
+    if a.start and not start.is_file():  # checked (and widened) before anything is made
+        copy_start(Path(a.start), start, a.widen_esa, a.widen_distilled)
     run.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     prepared = prepared_data(shared, work, smoke=a.cpu_smoke, rescale=tuple(a.rescale))
     if a.teacher:
         prepared = distilled_data(prepared, a.teacher)
-    start = run / "start.safetensors"
-    if (a.widen_esa or a.widen_distilled) and not a.start:
-        raise SystemExit("--widen-esa/--widen-distilled widen the weights of a second stage: give --start")
-    if a.start and not start.is_file():
-        copy_start(Path(a.start), start, a.widen_esa, a.widen_distilled)
     if not start.is_file():
         start = None
         if not (run / "pruned.safetensors").is_file():
