@@ -253,9 +253,11 @@ def pareto_png(run: Path) -> Path:
     from prfdn_jax import pareto
 
     name = run_source(run).upper()
+    keep = json.loads((run / "prune.json").read_text()).get("prune_keep") if (run / "prune.json").is_file() else ""
+    how = f"Taylor, {keep.replace(',', ' and ')} kept whole" if keep else "Taylor"
     rows = [{("psnr_Set5" if k == "psnr" else k): v for k, v in r.items()} for r in pareto.read_csv(run / "pareto.csv")]
     return pareto.plot(rows, run / "pareto.png", SIZE, title=f"prfdn-x4: budgeted pruning of the released {name} x4 "
-                                                            "(Taylor, 100 finetune steps a step)")
+                                                            f"({how}, 100 finetune steps a step)")
 
 
 def average_weights(models: list):

@@ -38,10 +38,10 @@ MODELS: dict[str, ModelInfo] = {m.name: m for m in [
               "prfdn_x3_pruned.pth: PRFDN team, NTIRE 2023 RTSR submission", "MIT",
               {"Set5": 33.46, "Set14": 29.79}),
     ModelInfo("prfdn-x4", 4, "prfdn_x4.safetensors",
-              "PRFDN x4 made by prfdn-jax: the released B2 x4 re-parametrized, pruned (Taylor, uniform) to 56.6 GMAC "
-              "at 540x960, finetuned with EMA, then a cosine EMA finetune (wide, grouped)",
+              "PRFDN x4 made by prfdn-jax: the released B2 x4 re-parametrized, pruned (Taylor, ESA kept whole) to "
+              "58.2 GMAC at 540x960, finetuned with EMA, then a squared-error cosine finetune (wide, grouped)",
               "rfdnb2_branch_x4.pth via experiments/prfdn_x4.py (see prfdn_jax/weights/README.md)", "MIT",
-              {"Set5": 31.49, "Set14": 28.15, "Urban100": 24.74}),
+              {"Set5": 31.56, "Set14": 28.15, "Urban100": 24.72}),
     ModelInfo("rfdn-x4", 4, "rfdn_x4.safetensors", "RFDN nf=50, 4 RFDBs (AIM 2020 release)",
               "rfdn_aim_x4.pth: RFDN authors' AIM 2020 release", "MIT (as vendored in NTIRE23-RTSR)",
               {"Set5": 32.16, "Set14": 28.65}),

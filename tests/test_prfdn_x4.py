@@ -121,9 +121,9 @@ def test_recipe_widened_start_is_the_same_function(tmp_path, x4):
     from prfdn_jax.checkpoint import load_model_file
 
     src = registry.info("prfdn-x4").path
-    prfdn_x4.copy_start(src, tmp_path / "start.safetensors", esa=12)
+    prfdn_x4.copy_start(src, tmp_path / "start.safetensors", esa=16)
     wide = load_model_file(tmp_path / "start.safetensors")
-    assert all(w == (12, 12) for k, w in wide.arch.widths if k.endswith("esa.conv2"))
+    assert all(w == (16, 16) for k, w in wide.arch.widths if k.endswith("esa.conv2"))
     img = _smooth(24, 28)
     got, ref = (upscale_array(m, img, 4).astype(int) for m in (deploy(wide), x4))
     assert np.abs(got - ref).max() <= 1 and (got == ref).mean() > 0.999  # float rounding only
