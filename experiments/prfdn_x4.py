@@ -101,6 +101,12 @@ def prune_overrides(pairs: list[str], profile: dict) -> dict:
     return dataclasses.asdict(settings)
 
 
+def prune_record(run: Path) -> dict | None:
+    """``run/prune.json``, the pruning settings and source a run was pruned with (None before it prunes)."""
+    record = run / "prune.json"
+    return json.loads(record.read_text()) if record.is_file() else None
+
+
 def check_prune_settings(run: Path, p: dict, given: list[str], second_stage: bool) -> None:
     """``--prune`` must take effect: refused for a second stage, and for a run already pruned otherwise
     (the same command, with the same settings, still resumes)."""
@@ -108,12 +114,11 @@ def check_prune_settings(run: Path, p: dict, given: list[str], second_stage: boo
         return
     if second_stage:
         raise SystemExit("--prune has no effect on a second stage (--start): it does not prune")
-    record = run / "prune.json"
     if (run / "pruned.safetensors").is_file():
-        before = json.loads(record.read_text()) if record.is_file() else None
+        before = prune_record(run)
         was = {k: before.get(k, PRUNE_DEFAULTS.get(k)) for k in PRUNE_KEYS} if before else None
         if was != {k: p[k] for k in PRUNE_KEYS}:
-            raise SystemExit(f"--prune: {run} was already pruned with other settings ({record.name}: {before}); "
+            raise SystemExit(f"--prune: {run} was already pruned with other settings (prune.json: {before}); "
                              f"use a new --run")
 
 
@@ -241,8 +246,8 @@ def run_source(run: Path, given: str | None = None) -> str:
     """The released network ``run`` was pruned from: its ``prune.json`` (b4s before it was recorded), else
     ``given`` (a second stage, or a run not yet pruned), else b4s. A ``given`` that contradicts the record
     is refused."""
-    record = run / "prune.json"
-    recorded = json.loads(record.read_text()).get("source", "b4s") if record.is_file() else None
+    record = prune_record(run)
+    recorded = record.get("source", "b4s") if record is not None else None
     if given and recorded and given != recorded:
         raise SystemExit(f"--source {given}: {run} was pruned from {recorded}; use a new --run")
     return recorded or given or "b4s"
@@ -253,7 +258,7 @@ def pareto_png(run: Path) -> Path:
     from prfdn_jax import pareto
 
     name = run_source(run).upper()
-    keep = json.loads((run / "prune.json").read_text()).get("prune_keep") if (run / "prune.json").is_file() else ""
+    keep = (prune_record(run) or {}).get("prune_keep")
     how = f"Taylor, {keep.replace(',', ' and ')} kept whole" if keep else "Taylor"
     rows = [{("psnr_Set5" if k == "psnr" else k): v for k, v in r.items()} for r in pareto.read_csv(run / "pareto.csv")]
     return pareto.plot(rows, run / "pareto.png", SIZE, title=f"prfdn-x4: budgeted pruning of the released {name} x4 "
