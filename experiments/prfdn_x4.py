@@ -279,20 +279,22 @@ def average_weights(models: list):
     return nnx.merge(graphdef, mean)
 
 
+def latest_step(run: Path) -> int:
+    """The step of the newest checkpoint in ``run``'s finetune workdir."""
+    return max(int(d.name) for d in (run / "finetune" / "checkpoints").iterdir() if d.name.isdigit())
+
+
 def soup_ingredient(path: str) -> tuple:
     """``(model, identity)`` of a ``--soup`` item: a weight file (identity: its SHA-256) or a run folder (its
     finetune's EMA at the latest checkpoint; identity: ``EMA at step N``)."""
     import hashlib
 
-    from prfdn_jax.checkpoint import load_model_file
+    from prfdn_jax.checkpoint import WeightsError, load_model_file
     from prfdn_jax.workdir import load_workdir_model
-
-    from prfdn_jax.checkpoint import WeightsError
 
     p = Path(path)
     if (p / "finetune").is_dir():
-        step = max(int(d.name) for d in (p / "finetune" / "checkpoints").iterdir() if d.name.isdigit())
-        return load_workdir_model(p / "finetune"), f"EMA at step {step}"
+        return load_workdir_model(p / "finetune"), f"EMA at step {latest_step(p)}"
     if not p.is_file():
         raise SystemExit(f"--soup {path}: neither a weight file nor a run folder with finetune/")
     try:
@@ -304,8 +306,8 @@ def soup_ingredient(path: str) -> tuple:
 def ship(shared: Path, run: Path, dst: Path = SHIPPED, soup: tuple[str, ...] = ()) -> dict:
     """The finetune's latest EMA (``soup``: averaged with these weight files or run folders' EMAs), evaluated
     like ``prfdn eval`` (Y-PSNR, MATLAB-bicubic LR, ``scale`` border) on Set5/Set14/Urban100, written as a
-    built-in model file; ``run/results.json`` gets the numbers. The source release is named by the network's layout (a second
-    stage has no ``prune.json``; the layout cannot disagree with the weights)."""
+    built-in model file; ``run/results.json`` gets the numbers. The source release is named by the network's
+    layout (a second stage has no ``prune.json``; the layout cannot disagree with the weights)."""
     import hashlib
 
     from prfdn_jax.checkpoint import save_model
@@ -323,7 +325,7 @@ def ship(shared: Path, run: Path, dst: Path = SHIPPED, soup: tuple[str, ...] = (
     if soup:
         model = average_weights([model, *(m for m, _ in ingredients.values())])
     rows = list(csv.DictReader(open(run / "finetune" / "metrics.csv")))
-    step = max(int(d.name) for d in (run / "finetune" / "checkpoints").iterdir() if d.name.isdigit())
+    step = latest_step(run)
     psnr = {}
     for name in EVAL_SETS:
         if (shared / "data" / name).is_dir():
